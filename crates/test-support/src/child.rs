@@ -1,0 +1,77 @@
+//! Running a test's body again in child processes.
+//!
+//! A multi-process test re-executes its own test binary, filtered to its own
+//! test name, with its arguments in an environment variable. In the child,
+//! [`args`] returns them and the test runs its child role instead:
+//!
+//! ```no_run
+//! # fn work(_: &[String]) -> test_support::TestResult { Ok(()) }
+//! # fn main() -> test_support::TestResult {
+//! // inside `#[test] fn many_writers() -> TestResult` of module `concurrency`:
+//! if let Some(args) = test_support::child::args() {
+//!     return work(&args);
+//! }
+//! let children = (0..4)
+//!     .map(|i| test_support::child::spawn("concurrency::many_writers", &[i.to_string()]))
+//!     .collect::<Result<Vec<_>, _>>()?;
+//! for child in children {
+//!     test_support::child::wait_success(child)?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use std::io;
+use std::process::{Child, Command, Stdio};
+
+/// The variable that carries the child's arguments (unit-separated).
+pub const ARGS_ENV: &str = "ISOLANE_TEST_CHILD_ARGS";
+
+const SEPARATOR: char = '\u{1f}';
+
+/// The arguments given to this process by [`spawn`], or `None` in the
+/// parent test process.
+pub fn args() -> Option<Vec<String>> {
+    let raw = std::env::var(ARGS_ENV).ok()?;
+    if raw.is_empty() {
+        return Some(Vec::new());
+    }
+    Some(raw.split(SEPARATOR).map(str::to_owned).collect())
+}
+
+/// A command that runs exactly the test `test_path` (its path inside the
+/// test binary, e.g. `store::many_writers`) of the current test binary in a
+/// child process, with `args` available through [`args`].
+pub fn command(test_path: &str, args: &[String]) -> io::Result<Command> {
+    let exe = std::env::current_exe()?;
+    let mut command = Command::new(exe);
+    command
+        .args([test_path, "--exact", "--nocapture", "--test-threads=1", "-q"])
+        .env(ARGS_ENV, args.join(&SEPARATOR.to_string()))
+        .stdin(Stdio::null());
+    Ok(command)
+}
+
+/// Spawns [`command`] with stdout and stderr piped.
+pub fn spawn(test_path: &str, args: &[String]) -> io::Result<Child> {
+    command(test_path, args)?
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+}
+
+/// Waits for a child and turns a failure into an error carrying its output.
+/// Returns the child's stdout.
+pub fn wait_success(child: Child) -> io::Result<String> {
+    let output = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if output.status.success() {
+        Ok(stdout)
+    } else {
+        Err(io::Error::other(format!(
+            "child failed with {}\nstdout:\n{stdout}\nstderr:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )))
+    }
+}

@@ -1,0 +1,122 @@
+//! Fixtures shared by the isolane test suites.
+//!
+//! - [`GitRepo`]: a real git repository in a temp dir, built with the git
+//!   CLI (so the libraries under test are checked against git itself).
+//! - [`child`]: run a test's own body again in a separate process, for
+//!   concurrency and `kill -9` tests with real processes.
+#![deny(missing_docs)]
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub mod child;
+
+/// The result type of test bodies and fixtures.
+pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Runs a command and returns its stdout; a non-zero exit is an error that
+/// carries the command line and its stderr.
+pub fn run(command: &mut Command) -> io::Result<String> {
+    let output = command.output()?;
+    check(command, &output)?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn check(command: &Command, output: &Output) -> io::Result<()> {
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(io::Error::other(format!(
+        "{command:?} failed with {}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    )))
+}
+
+/// Runs `git` with `args` in `dir`, with a fixed identity and no user or
+/// system configuration, and returns its stdout.
+pub fn git<I, S>(dir: &Path, args: I) -> io::Result<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run(git_command(dir).args(args))
+}
+
+/// A `git` command in `dir`, isolated from the user's configuration.
+pub fn git_command(dir: &Path) -> Command {
+    let mut command = Command::new("git");
+    command
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "Test Author")
+        .env("GIT_AUTHOR_EMAIL", "author@example.com")
+        .env("GIT_COMMITTER_NAME", "Test Author")
+        .env("GIT_COMMITTER_EMAIL", "author@example.com")
+        .env("GIT_TERMINAL_PROMPT", "0");
+    command
+}
+
+/// A real git repository in a temp dir, deleted when dropped.
+///
+/// It starts with one commit on `main` holding `README.md`.
+#[derive(Debug)]
+pub struct GitRepo {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl GitRepo {
+    /// Creates the repository with its first commit.
+    pub fn new() -> io::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("isolane-repo-").tempdir()?;
+        // Canonical, so paths compare equal to what git and libgit2 report.
+        let path = dir.path().canonicalize()?.join("repo");
+        std::fs::create_dir(&path)?;
+        let repo = Self { _dir: dir, path };
+        repo.git(["init", "--quiet", "--initial-branch=main"])?;
+        repo.git(["config", "user.name", "Test Author"])?;
+        repo.git(["config", "user.email", "author@example.com"])?;
+        repo.write("README.md", "# fixture\n")?;
+        repo.commit_all("initial commit")?;
+        Ok(repo)
+    }
+
+    /// The repository's root (its main worktree).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `git` in the repository and returns its stdout.
+    pub fn git<I, S>(&self, args: I) -> io::Result<String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        git(&self.path, args)
+    }
+
+    /// Writes a file (creating its directories) relative to the root.
+    pub fn write(&self, relative: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> io::Result<()> {
+        let path = self.path.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, contents)
+    }
+
+    /// Stages everything and commits it; returns the new commit id.
+    pub fn commit_all(&self, message: &str) -> io::Result<String> {
+        self.git(["add", "--all"])?;
+        self.git(["commit", "--quiet", "--allow-empty", "-m", message])?;
+        Ok(self.git(["rev-parse", "HEAD"])?.trim().to_owned())
+    }
+
+    /// Creates `branch` at the current HEAD without checking it out.
+    pub fn branch(&self, branch: &str) -> io::Result<()> {
+        self.git(["branch", branch]).map(drop)
+    }
+}
