@@ -285,10 +285,17 @@ impl<D: Document> Store<D> {
         };
         for entry in entries.flatten() {
             let name = entry.file_name();
-            if name.as_encoded_bytes().starts_with(self.temp_prefix.as_encoded_bytes()) {
+            if name
+                .as_encoded_bytes()
+                .starts_with(self.temp_prefix.as_encoded_bytes())
+            {
                 match std::fs::remove_file(entry.path()) {
-                    Ok(()) => tracing::debug!(path = %entry.path().display(), "removed leftover temp file"),
-                    Err(error) => tracing::warn!(path = %entry.path().display(), %error, "cannot remove leftover temp file"),
+                    Ok(()) => {
+                        tracing::debug!(path = %entry.path().display(), "removed leftover temp file")
+                    }
+                    Err(error) => {
+                        tracing::warn!(path = %entry.path().display(), %error, "cannot remove leftover temp file")
+                    }
                 }
             }
         }
@@ -305,9 +312,7 @@ fn network_filesystem(dir: &Path) -> Option<&'static str> {
     let kind = statfs(dir).ok()?.filesystem_type();
     if kind == NFS_SUPER_MAGIC {
         Some("nfs")
-    } else if kind == SMB_SUPER_MAGIC
-        || kind.0 as u32 == CIFS_MAGIC
-        || kind.0 as u32 == SMB2_MAGIC
+    } else if kind == SMB_SUPER_MAGIC || kind.0 as u32 == CIFS_MAGIC || kind.0 as u32 == SMB2_MAGIC
     {
         Some("smb/cifs")
     } else {

@@ -46,7 +46,13 @@ pub fn command(test_path: &str, args: &[String]) -> io::Result<Command> {
     let exe = std::env::current_exe()?;
     let mut command = Command::new(exe);
     command
-        .args([test_path, "--exact", "--nocapture", "--test-threads=1", "-q"])
+        .args([
+            test_path,
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
         .env(ARGS_ENV, args.join(&SEPARATOR.to_string()))
         .stdin(Stdio::null());
     Ok(command)
