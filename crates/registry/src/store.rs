@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::lock::{self, Mode};
@@ -72,12 +72,6 @@ pub struct Store<D> {
 struct EnvelopeOut<'a, D> {
     schema_version: u32,
     data: &'a D,
-}
-
-#[derive(Deserialize)]
-struct EnvelopeIn {
-    schema_version: u32,
-    data: serde_json::Value,
 }
 
 impl<D: Document> Store<D> {
@@ -209,9 +203,20 @@ impl<D: Document> Store<D> {
             path: self.path.clone(),
             source,
         };
-        let envelope: EnvelopeIn = serde_json::from_slice(&bytes).map_err(corrupt)?;
-        let mut data = envelope.data;
-        let found = envelope.schema_version;
+        let malformed = |what: &str| corrupt(serde::de::Error::custom(what));
+        let serde_json::Value::Object(mut envelope) =
+            serde_json::from_slice(&bytes).map_err(corrupt)?
+        else {
+            return Err(malformed("the document is not a JSON object"));
+        };
+        let found = envelope
+            .get("schema_version")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|version| u32::try_from(version).ok())
+            .ok_or_else(|| malformed("missing or invalid schema_version"))?;
+        let mut data = envelope
+            .remove("data")
+            .ok_or_else(|| malformed("missing data"))?;
         if found > D::VERSION {
             return Err(Error::NewerVersion {
                 path: self.path.clone(),
