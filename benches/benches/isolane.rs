@@ -8,7 +8,10 @@ use benches::{BenchResult, Config, Report};
 
 type Group = (&'static str, fn(&Config, &mut Report) -> BenchResult);
 
-const GROUPS: &[Group] = &[("registry", benches::registry::run)];
+const GROUPS: &[Group] = &[
+    ("registry", benches::registry::run),
+    ("ports", benches::ports::run),
+];
 
 fn main() -> ExitCode {
     match run() {

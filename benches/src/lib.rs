@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub mod ports;
 pub mod registry;
 
 /// The error type of benchmark bodies.
