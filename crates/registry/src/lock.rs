@@ -2,10 +2,10 @@
 //! last exclusive holder written into it for error messages.
 
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
 
 use crate::Error;
 
@@ -16,10 +16,37 @@ pub(crate) enum Mode {
     Exclusive,
 }
 
-/// A held lock; released when dropped (closing the file releases the flock).
+/// A held lock; released when dropped.
 #[derive(Debug)]
-pub(crate) struct Guard {
-    _file: File,
+pub(crate) struct Guard<'a> {
+    file: Held<'a>,
+}
+
+/// The open file description that holds the lock: the store's own, or the
+/// one a waiter thread got the lock on.
+#[derive(Debug)]
+enum Held<'a> {
+    Borrowed(&'a File),
+    Owned(File),
+}
+
+impl Guard<'_> {
+    fn file(&self) -> &File {
+        match &self.file {
+            Held::Borrowed(file) => file,
+            Held::Owned(file) => file,
+        }
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        // Closing the file would release the lock too, but the store keeps
+        // its lock file open between transactions.
+        if let Err(error) = self.file().unlock() {
+            tracing::warn!(%error, "cannot release a file lock");
+        }
+    }
 }
 
 /// Opens (creating if needed, never truncating or deleting) the lock file.
@@ -36,45 +63,109 @@ pub(crate) fn open(path: &Path) -> Result<File, Error> {
         })
 }
 
-/// Takes the lock, polling with a growing pause until `timeout` has passed.
+/// Takes the lock on `file` (the lock file at `path`), waiting at most
+/// `timeout`.
 ///
-/// Each call opens its own file description: `flock` locks belong to the
-/// open file description, so sharing one between threads would let two
-/// threads of one process hold the "exclusive" lock at once.
-pub(crate) fn acquire(path: &Path, mode: Mode, timeout: Duration) -> Result<Guard, Error> {
-    let file = open(path)?;
-    let started = Instant::now();
-    let mut pause = Duration::from_micros(20);
-    loop {
-        let attempt = match mode {
-            Mode::Shared => file.try_lock_shared(),
-            Mode::Exclusive => file.try_lock(),
-        };
-        match attempt {
-            Ok(()) => break,
-            Err(TryLockError::WouldBlock) => {}
-            Err(TryLockError::Error(source)) => {
-                return Err(Error::Lock {
+/// `flock` locks belong to the open file description, so two threads using
+/// the same `file` would both "hold" the exclusive lock: the caller must
+/// serialize the threads of its own process (the store does, with a mutex).
+pub(crate) fn acquire<'a>(
+    file: &'a File,
+    path: &Path,
+    mode: Mode,
+    timeout: Duration,
+) -> Result<Guard<'a>, Error> {
+    let lock_error = |source| Error::Lock {
+        path: path.to_owned(),
+        source,
+    };
+    let attempt = match mode {
+        Mode::Shared => file.try_lock_shared(),
+        Mode::Exclusive => file.try_lock(),
+    };
+    let guard = match attempt {
+        Ok(()) => Guard {
+            file: Held::Borrowed(file),
+        },
+        Err(TryLockError::WouldBlock) => match wait_blocking(path, mode, timeout)? {
+            Some(owned) => Guard {
+                file: Held::Owned(owned),
+            },
+            None => {
+                return Err(Error::LockTimeout {
                     path: path.to_owned(),
-                    source,
+                    waited: timeout,
+                    holder: recorded_holder(file),
                 });
             }
-        }
-        let waited = started.elapsed();
-        if waited >= timeout {
-            return Err(Error::LockTimeout {
-                path: path.to_owned(),
-                waited,
-                holder: recorded_holder(&file),
-            });
-        }
-        std::thread::sleep(pause.min(timeout - waited));
-        pause = (pause * 2).min(Duration::from_millis(4));
-    }
+        },
+        Err(TryLockError::Error(source)) => return Err(lock_error(source)),
+    };
     if mode == Mode::Exclusive {
-        record_holder(&file, path)?;
+        record_holder(guard.file(), path)?;
     }
-    Ok(Guard { _file: file })
+    Ok(guard)
+}
+
+/// What became of a blocking lock request handed to a waiter thread.
+#[derive(Debug)]
+enum Wait {
+    Pending,
+    Acquired(File),
+    Failed(std::io::Error),
+    Abandoned,
+}
+
+/// Waits for the lock in a blocking `flock` on a waiter thread, so that the
+/// kernel wakes us the moment it is released (polling with sleeps lets a
+/// busy writer starve everyone else), while this thread gives up after
+/// `timeout`. Returns the file that holds the lock, or `None` on timeout.
+///
+/// The waiter opens the lock file afresh (its own open file description):
+/// if we gave up first, it releases what it then gets without touching the
+/// store's file, which by then may be locked by another of our threads. A
+/// holder that never lets go leaves the waiter blocked until it does or the
+/// process exits.
+fn wait_blocking(path: &Path, mode: Mode, timeout: Duration) -> Result<Option<File>, Error> {
+    let waiter_file = open(path)?;
+    let shared = Arc::new((Mutex::new(Wait::Pending), Condvar::new()));
+    let waiter_shared = Arc::clone(&shared);
+    let spawned = std::thread::Builder::new()
+        .name("registry-lock-wait".to_owned())
+        .spawn(move || {
+            let result = match mode {
+                Mode::Shared => waiter_file.lock_shared(),
+                Mode::Exclusive => waiter_file.lock(),
+            };
+            let (state, woken) = &*waiter_shared;
+            let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+            if matches!(*state, Wait::Abandoned) {
+                // Nobody waits for it any more; dropping the file unlocks.
+                return;
+            }
+            *state = match result {
+                Ok(()) => Wait::Acquired(waiter_file),
+                Err(error) => Wait::Failed(error),
+            };
+            woken.notify_one();
+        });
+    spawned.map_err(|source| Error::Lock {
+        path: path.to_owned(),
+        source,
+    })?;
+    let (state, woken) = &*shared;
+    let state = state.lock().unwrap_or_else(PoisonError::into_inner);
+    let (mut state, _) = woken
+        .wait_timeout_while(state, timeout, |s| matches!(s, Wait::Pending))
+        .unwrap_or_else(PoisonError::into_inner);
+    match std::mem::replace(&mut *state, Wait::Abandoned) {
+        Wait::Acquired(file) => Ok(Some(file)),
+        Wait::Failed(source) => Err(Error::Lock {
+            path: path.to_owned(),
+            source,
+        }),
+        Wait::Pending | Wait::Abandoned => Ok(None),
+    }
 }
 
 /// Width of the pid record: fixed, so that one positioned write replaces it.
@@ -89,8 +180,12 @@ fn record_holder(file: &File, path: &Path) -> Result<(), Error> {
         })
 }
 
-fn recorded_holder(mut file: &File) -> Option<u32> {
-    let mut text = String::new();
-    file.read_to_string(&mut text).ok()?;
-    text.trim().parse().ok()
+fn recorded_holder(file: &File) -> Option<u32> {
+    let mut record = [0u8; RECORD_WIDTH];
+    let read = file.read_at(&mut record, 0).ok()?;
+    std::str::from_utf8(&record[..read])
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }

@@ -3,6 +3,7 @@ use std::fs::File;
 use std::io::{ErrorKind, Write};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -54,14 +55,19 @@ impl Default for Options {
 
 /// One typed JSON document on disk, shared safely between processes.
 ///
-/// The store itself holds no open files; every [`read`](Store::read) and
-/// [`update`](Store::update) takes the lock afresh, so a `Store` may be
-/// shared between threads and kept for the life of a program.
+/// Every [`read`](Store::read) and [`update`](Store::update) takes the file
+/// lock afresh, so a `Store` may be kept for the life of a program. It may
+/// be shared between threads: they take turns on its lock file.
 #[derive(Debug)]
 pub struct Store<D> {
     path: PathBuf,
     lock_path: PathBuf,
+    /// The open lock file. The mutex serializes this process's threads,
+    /// which `flock` cannot tell apart on one open file.
+    lock_file: Mutex<File>,
     dir: PathBuf,
+    /// The directory, kept open for the fsync that makes a rename durable.
+    dir_handle: File,
     temp_prefix: OsString,
     options: Options,
     swept_temp_files: AtomicBool,
@@ -103,14 +109,20 @@ impl<D: Document> Store<D> {
         let mut lock_name = file_name.clone();
         lock_name.push(".lock");
         let lock_path = dir.join(lock_name);
-        lock::open(&lock_path)?;
+        let lock_file = Mutex::new(lock::open(&lock_path)?);
+        let dir_handle = File::open(&dir).map_err(|source| Error::Directory {
+            path: dir.clone(),
+            source,
+        })?;
         let mut temp_prefix = OsString::from(".");
         temp_prefix.push(&file_name);
         temp_prefix.push(".tmp-");
         Ok(Self {
             path,
             lock_path,
+            lock_file,
             dir,
+            dir_handle,
             temp_prefix,
             options,
             swept_temp_files: AtomicBool::new(false),
@@ -125,8 +137,7 @@ impl<D: Document> Store<D> {
 
     /// A consistent snapshot of the document, read under a shared lock.
     pub fn read(&self) -> Result<D, Error> {
-        let _guard = lock::acquire(&self.lock_path, Mode::Shared, self.options.lock_timeout)?;
-        Ok(self.load()?.0)
+        self.locked(Mode::Shared, || Ok(self.load()?.0))
     }
 
     /// Runs `change` on the current document under the exclusive lock and
@@ -138,15 +149,16 @@ impl<D: Document> Store<D> {
     where
         E: From<Error>,
     {
-        let _guard = lock::acquire(&self.lock_path, Mode::Exclusive, self.options.lock_timeout)?;
-        self.sweep_temp_files_once();
-        let (mut document, before) = self.load()?;
-        let result = change(&mut document)?;
-        let after = self.serialize(&document)?;
-        if before.as_deref() != Some(after.as_slice()) {
-            self.write_atomically(&after)?;
-        }
-        Ok(result)
+        self.locked(Mode::Exclusive, || {
+            self.sweep_temp_files_once();
+            let (mut document, before) = self.load()?;
+            let result = change(&mut document)?;
+            let after = self.serialize(&document)?;
+            if before.as_deref() != Some(after.as_slice()) {
+                self.write_atomically(&after)?;
+            }
+            Ok(result)
+        })
     }
 
     /// Moves a corrupt document aside so that the store can be used again.
@@ -155,7 +167,26 @@ impl<D: Document> Store<D> {
     /// is returned. A readable document is left alone (`Ok(None)`); so is a
     /// document of a newer schema version, which is reported as an error.
     pub fn recover_corrupt(&self) -> Result<Option<PathBuf>, Error> {
-        let _guard = lock::acquire(&self.lock_path, Mode::Exclusive, self.options.lock_timeout)?;
+        self.locked(Mode::Exclusive, || self.move_corrupt_aside())
+    }
+
+    /// Runs `f` holding this process's turn and the file lock in `mode`.
+    fn locked<T, E: From<Error>>(
+        &self,
+        mode: Mode,
+        f: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        // A thread that panicked mid-transaction left no partial write
+        // behind (writes are atomic), so a poisoned turn is still usable.
+        let file = self
+            .lock_file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _guard = lock::acquire(&file, &self.lock_path, mode, self.options.lock_timeout)?;
+        f()
+    }
+
+    fn move_corrupt_aside(&self) -> Result<Option<PathBuf>, Error> {
         match self.load() {
             Ok(_) => Ok(None),
             Err(Error::Corrupt { .. }) => {
@@ -271,12 +302,10 @@ impl<D: Document> Store<D> {
     }
 
     fn sync_dir(&self) -> Result<(), Error> {
-        File::open(&self.dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|source| Error::Write {
-                path: self.path.clone(),
-                source,
-            })
+        self.dir_handle.sync_all().map_err(|source| Error::Write {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     /// Removes temp files left by writers that crashed mid-write. Only
