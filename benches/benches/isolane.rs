@@ -11,6 +11,8 @@ type Group = (&'static str, fn(&Config, &mut Report) -> BenchResult);
 const GROUPS: &[Group] = &[
     ("registry", benches::registry::run),
     ("ports", benches::ports::run),
+    ("pg", benches::pg::run),
+    ("migrations", benches::migrations::run),
 ];
 
 fn main() -> ExitCode {

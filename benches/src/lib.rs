@@ -11,6 +11,9 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub mod migration_fixture;
+pub mod migrations;
+pub mod pg;
 pub mod ports;
 pub mod registry;
 

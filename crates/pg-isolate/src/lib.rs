@@ -1,5 +1,114 @@
-//! A fresh PostgreSQL database per worktree and per test.
+//! A fresh PostgreSQL database per worktree and per test, from an embedded
+//! or a given server.
 //!
-//! Not implemented yet: this crate is a placeholder that the pg-isolate issue
-//! fills in. It exposes nothing so that nothing can pretend to work.
+//! - [`Server::connect`] finds the server: the URL in
+//!   [`ServerOptions::url`], else the `PG_ISOLATE_URL` variable, else the
+//!   host's embedded server, which is started on first use and shared by
+//!   every process on the host.
+//! - [`Server::create_database`], [`Server::reset_database`],
+//!   [`Server::drop_database`], [`Server::list_databases`]: named databases
+//!   (one per worktree), each carrying an owner record
+//!   (`COMMENT ON DATABASE` with JSON: tool, kind, host, pid and start time,
+//!   created, label). pg-isolate never drops a database without one.
+//! - [`Server::template`]: a template built once per distinct setup by
+//!   exactly one process; [`Template::test_database`] clones it into a
+//!   [`TestDatabase`] that is dropped with its handle.
+//! - [`Template::pool`]: a warm pool of pre-created clones on the server,
+//!   shared by every process, so a test gets its database in about a
+//!   millisecond.
+//! - [`Server::gc`]: drops leaked databases of dead processes, expired ones
+//!   and orphaned pool clones, and reports what it kept and why.
+//!
+//! # The embedded server
+//!
+//! Binaries: [`EmbeddedOptions::bindir`], else `PG_ISOLATE_BINDIR`, else
+//! `pg_config --bindir`, else the `postgres` found on `PATH`, else the
+//! newest `/usr/lib/postgresql/<major>/bin`. One cluster per major version
+//! lives in the cache directory: [`EmbeddedOptions::cache_dir`], else
+//! `PG_ISOLATE_CACHE_DIR`, else `$XDG_CACHE_HOME/isolane/pg/<major>/`
+//! (`~/.cache/isolane/pg/<major>/`). `initdb` runs once per major version
+//! into `pristine/`, which is copied to `data/` whenever there is no
+//! cluster, so a cold start is only a server start.
+//!
+//! **Running as root** (CI, containers): PostgreSQL refuses to run as root,
+//! so the server runs as the `postgres` system user
+//! ([`EmbeddedOptions::server_account`]; an error says what to do when it
+//! does not exist). Root's home is usually mode 700, out of that account's
+//! reach, so root's default cluster lives in `/var/tmp/isolane-pg-0/<major>/`
+//! (owned by the server account; `/var/tmp` survives reboots).
+//!
+//! The server is tuned for tests (fsync, synchronous_commit and
+//! full_page_writes off: a crash of the server or the machine may lose the
+//! last moments of commits, which tests do not need), listens on 127.0.0.1 on a free port and on a unix
+//! socket in the cluster's `run/`, and accepts password (SCRAM)
+//! connections as `postgres`; the random password is kept in the cluster's
+//! `password` file (mode 600). It runs detached (its own process group,
+//! reparented away from the starting process) and stops itself after
+//! [`EmbeddedOptions::idle_timeout`] (default five minutes) without any
+//! client connection: a small `sh` watchdog started beside it counts client
+//! connections with `psql` and shuts the server down under the start lock.
+//! [`Server::stop_embedded`] stops it explicitly. Starting is serialised by
+//! a file lock in the cluster directory; a server that was killed is
+//! detected through its `postmaster.pid` and `/proc` and started again.
+//!
+//! # Environment
+//!
+//! | variable | effect |
+//! | --- | --- |
+//! | `PG_ISOLATE_URL` | admin URL of the server to use (below [`ServerOptions::url`], above the embedded server) |
+//! | `PG_ISOLATE_BINDIR` | directory of `postgres` and `initdb` for the embedded server |
+//! | `PG_ISOLATE_CACHE_DIR` | directory holding the embedded clusters |
+//! | `PG_ISOLATE_KEEP_FAILED` | keep (and print) the databases of failed tests |
+//!
+//! # Example
+//!
+//! ```
+//! use pg_isolate::Server;
+//!
+//! // `Server::connect(ServerOptions { .. })` for other settings.
+//! let server = Server::shared()?;
+//! let template = server.template(b"schema v1", |client| {
+//!     client.batch_execute("CREATE TABLE users (id serial PRIMARY KEY, name text NOT NULL)")?;
+//!     Ok(())
+//! })?;
+//! let db = template.test_database()?;
+//! let mut client = db.client()?;
+//! client.execute("INSERT INTO users (name) VALUES ($1)", &[&"ada"])?;
+//! let count: i64 = client.query_one("SELECT count(*) FROM users", &[])?.get(0);
+//! assert_eq!(count, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![deny(missing_docs)]
+
+// -- migrations (owned by the migrations module) --
+mod migrate;
+pub use migrate::{
+    Change, CheckedDifference, Difference, Direction, Format, MigrateError, MigrateReport,
+    Migration, MigrationFailure, Migrations, Phase, Progress, RollbackEntry, RollbackOptions,
+    RollbackReport, RollbackStatus, RollbackStep, RollbackSummary, SchemaDiff, SchemaSnapshot,
+    StepError, Target, verify_rollbacks,
+};
+// -- end migrations --
+
+mod databases;
+mod embedded;
+mod error;
+mod gc;
+mod names;
+mod owner;
+mod pool;
+mod server;
+mod template;
+mod testdb;
+mod url;
+
+pub use databases::{CreateOptions, DatabaseInfo};
+pub use embedded::EmbeddedOptions;
+pub use error::{Error, SetupError};
+pub use gc::{GcEntry, GcOptions, GcReason, GcReport};
+pub use owner::{DatabaseKind, OwnerRecord};
+pub use pool::{Pool, PoolOptions};
+pub use server::{CloneStrategy, Server, ServerOptions, URL_ENV};
+pub use template::{TEMPLATE_FORMAT_VERSION, Template};
+pub use testdb::TestDatabase;
+pub use url::redact as redact_url;

@@ -1,0 +1,242 @@
+//! Named databases with owner records: create, reset, drop, list, exists.
+
+use postgres::error::SqlState;
+
+use crate::owner::{DatabaseKind, OwnerRecord};
+use crate::server::CloneStrategy;
+use crate::{Error, Server, names};
+
+/// Optional settings of [`Server::create_database`].
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions<'a> {
+    /// Clone this template database instead of creating an empty database.
+    pub template: Option<&'a str>,
+    /// What the database is for (recorded in its owner record).
+    pub kind: DatabaseKind,
+    /// A free-form label recorded in the owner record.
+    pub label: Option<&'a str>,
+    /// Overrides [`crate::ServerOptions::clone_strategy`] for this clone.
+    pub strategy: Option<CloneStrategy>,
+}
+
+impl<'a> CreateOptions<'a> {
+    /// Options cloning `template`.
+    pub fn from_template(template: &'a str) -> Self {
+        Self {
+            template: Some(template),
+            ..Self::default()
+        }
+    }
+}
+
+/// A database on the server and its owner record, if it is ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DatabaseInfo {
+    /// The database name.
+    pub name: String,
+    /// The pg-isolate owner record; `None` for databases pg-isolate did not
+    /// create (which it never drops).
+    pub owner: Option<OwnerRecord>,
+    /// Whether the database is marked as a template.
+    pub is_template: bool,
+}
+
+pub(crate) fn is_code(error: &postgres::Error, code: &SqlState) -> bool {
+    error.code() == Some(code)
+}
+
+impl Server {
+    /// The full name of database `name`: validated, with the configured
+    /// prefix added unless it already starts with it, and cut to
+    /// PostgreSQL's 63 bytes with a deterministic hash suffix.
+    ///
+    /// Every method taking a database name to create, reset, drop or check
+    /// resolves it this way, so callers may pass the short or the full name.
+    pub fn database_name(&self, name: &str) -> Result<String, Error> {
+        names::validate(name)?;
+        let prefix = self.prefix();
+        let full = if name.starts_with(prefix) {
+            name.to_owned()
+        } else {
+            format!("{prefix}{name}")
+        };
+        Ok(names::fit(&full))
+    }
+
+    /// Creates database `name` (see [`Server::database_name`]) with an
+    /// owner record, optionally cloned from a template. Returns the full
+    /// name. Fails with [`Error::DatabaseExists`] if it exists.
+    pub fn create_database(&self, name: &str, options: CreateOptions<'_>) -> Result<String, Error> {
+        let name = self.database_name(name)?;
+        let record = OwnerRecord::new(options.kind, options.label);
+        self.create_with_record(&name, options.template, options.strategy, &record)?;
+        Ok(name)
+    }
+
+    /// `CREATE DATABASE` then the owner record; on a failure to write the
+    /// record the new database is dropped again.
+    pub(crate) fn create_with_record(
+        &self,
+        name: &str,
+        template: Option<&str>,
+        strategy: Option<CloneStrategy>,
+        record: &OwnerRecord,
+    ) -> Result<(), Error> {
+        let mut sql = format!("CREATE DATABASE {}", names::ident(name));
+        if let Some(template) = template {
+            sql.push_str(&self.template_clause(template, strategy));
+        }
+        let comment = comment_sql(name, record);
+        self.with_admin(|client| {
+            client.batch_execute(&sql).map_err(|e| {
+                if is_code(&e, &SqlState::DUPLICATE_DATABASE) {
+                    Error::DatabaseExists {
+                        database: name.to_owned(),
+                    }
+                } else {
+                    Error::sql("creating database", name, e)
+                }
+            })?;
+            if let Err(e) = client.batch_execute(&comment) {
+                let _ = client.batch_execute(&drop_sql(name, self.major_version()));
+                return Err(Error::sql("writing the owner record of", name, e));
+            }
+            Ok(())
+        })?;
+        tracing::debug!(database = name, template, kind = ?record.kind, "created database");
+        Ok(())
+    }
+
+    /// Drops database `name` (see [`Server::database_name`]), terminating
+    /// its connections. Refuses ([`Error::NotOwned`]) a database without a
+    /// pg-isolate owner record.
+    pub fn drop_database(&self, name: &str) -> Result<(), Error> {
+        let name = self.database_name(name)?;
+        let info = self
+            .database_info(&name)?
+            .ok_or_else(|| Error::DatabaseNotFound {
+                database: name.clone(),
+            })?;
+        if info.owner.is_none() {
+            return Err(Error::NotOwned { database: name });
+        }
+        self.drop_owned(&name, info.is_template)
+    }
+
+    /// Drops a database already known to be ours.
+    pub(crate) fn drop_owned(&self, name: &str, is_template: bool) -> Result<(), Error> {
+        let major = self.major_version();
+        self.with_admin(|client| {
+            if is_template {
+                client
+                    .batch_execute(&format!(
+                        "ALTER DATABASE {} IS_TEMPLATE false",
+                        names::ident(name)
+                    ))
+                    .or_else(|e| {
+                        if is_code(&e, &SqlState::UNDEFINED_DATABASE) {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })
+                    .map_err(|e| Error::sql("unmarking template", name, e))?;
+            }
+            if major < 13 {
+                client
+                    .execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                        &[&name],
+                    )
+                    .map_err(|e| Error::sql("terminating connections to", name, e))?;
+            }
+            client
+                .batch_execute(&drop_sql(name, major))
+                .map_err(|e| Error::sql("dropping database", name, e))
+        })?;
+        tracing::debug!(database = name, "dropped database");
+        Ok(())
+    }
+
+    /// Drops database `name` if it exists (it must be ours) and creates it
+    /// afresh, from `template` when given: the "clean database before each
+    /// run" step. Keeps the label of the old owner record. Returns the full
+    /// name.
+    pub fn reset_database(&self, name: &str, template: Option<&str>) -> Result<String, Error> {
+        let name = self.database_name(name)?;
+        let mut label = None;
+        let mut kind = DatabaseKind::Named;
+        if let Some(info) = self.database_info(&name)? {
+            let Some(owner) = info.owner else {
+                return Err(Error::NotOwned { database: name });
+            };
+            label = owner.label;
+            kind = owner.kind;
+            self.drop_owned(&name, info.is_template)?;
+        }
+        let record = OwnerRecord::new(kind, label.as_deref());
+        self.create_with_record(&name, template, None, &record)?;
+        Ok(name)
+    }
+
+    /// Every database on the server, with the owner record of those
+    /// pg-isolate created.
+    pub fn list_databases(&self) -> Result<Vec<DatabaseInfo>, Error> {
+        self.query_databases(None)
+    }
+
+    /// Whether database `name` (see [`Server::database_name`]) exists.
+    pub fn database_exists(&self, name: &str) -> Result<bool, Error> {
+        let name = self.database_name(name)?;
+        Ok(self.database_info(&name)?.is_some())
+    }
+
+    /// The database called exactly `name`, if it exists.
+    pub(crate) fn database_info(&self, name: &str) -> Result<Option<DatabaseInfo>, Error> {
+        Ok(self.query_databases(Some(name))?.pop())
+    }
+
+    fn query_databases(&self, only: Option<&str>) -> Result<Vec<DatabaseInfo>, Error> {
+        let admin = self.prefix().to_owned();
+        self.with_admin(|client| {
+            let rows = client
+                .query(
+                    "SELECT datname::text, shobj_description(oid, 'pg_database'), datistemplate \
+                     FROM pg_database WHERE $1::text IS NULL OR datname = $1 ORDER BY datname",
+                    &[&only],
+                )
+                .map_err(|e| Error::sql("listing databases", &admin, e))?;
+            Ok(rows
+                .iter()
+                .map(|row| {
+                    let comment: Option<String> = row.get(1);
+                    DatabaseInfo {
+                        name: row.get(0),
+                        owner: OwnerRecord::parse(comment.as_deref()),
+                        is_template: row.get(2),
+                    }
+                })
+                .collect())
+        })
+    }
+}
+
+pub(crate) fn comment_sql(name: &str, record: &OwnerRecord) -> String {
+    format!(
+        "COMMENT ON DATABASE {} IS {}",
+        names::ident(name),
+        names::literal(&record.to_json())
+    )
+}
+
+pub(crate) fn drop_sql(name: &str, major: u32) -> String {
+    if major >= 13 {
+        format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            names::ident(name)
+        )
+    } else {
+        format!("DROP DATABASE IF EXISTS {}", names::ident(name))
+    }
+}

@@ -1,0 +1,353 @@
+//! [`Server`]: a handle to the PostgreSQL server, embedded or given by URL.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use postgres::{Client, NoTls};
+
+use crate::embedded::{self, EmbeddedOptions};
+use crate::url::{ServerUrl, redact};
+use crate::{Error, names};
+
+/// The variable holding an admin URL of the server to use instead of the
+/// embedded one.
+pub const URL_ENV: &str = "PG_ISOLATE_URL";
+
+/// How `CREATE DATABASE ... TEMPLATE` copies a template (PostgreSQL 15+;
+/// older servers have only the file copy and ignore this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CloneStrategy {
+    /// `STRATEGY WAL_LOG`: copies block by block through the WAL
+    /// (PostgreSQL's own default since 15).
+    WalLog,
+    /// `STRATEGY FILE_COPY`: copies the files, with a checkpoint before and
+    /// after. Measured faster on the test-tuned server (fsync off) for
+    /// application-sized templates, so it is the default here.
+    #[default]
+    FileCopy,
+}
+
+impl CloneStrategy {
+    fn sql(self) -> &'static str {
+        match self {
+            Self::WalLog => "WAL_LOG",
+            Self::FileCopy => "FILE_COPY",
+        }
+    }
+}
+
+/// How to find or start the server and how to name databases on it.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// An admin connection URL (`postgres://user:password@host:port/db`).
+    /// Precedence: this field, then the `PG_ISOLATE_URL` variable, then the
+    /// embedded server.
+    pub url: Option<String>,
+    /// The prefix of every database pg-isolate creates (default `testdb_`).
+    pub prefix: String,
+    /// How templates are cloned.
+    pub clone_strategy: CloneStrategy,
+    /// Keep the database of a test that panics (and print its name) instead
+    /// of dropping it. Default: whether `PG_ISOLATE_KEEP_FAILED` is set to
+    /// something other than `0` or empty.
+    pub keep_failed: bool,
+    /// The embedded server's settings (used when no URL is given).
+    pub embedded: EmbeddedOptions,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            url: None,
+            prefix: "testdb_".to_owned(),
+            clone_strategy: CloneStrategy::default(),
+            keep_failed: std::env::var("PG_ISOLATE_KEEP_FAILED")
+                .is_ok_and(|v| !v.is_empty() && v != "0"),
+            embedded: EmbeddedOptions::default(),
+        }
+    }
+}
+
+/// A handle to a running PostgreSQL server; cheap to clone and share
+/// between threads.
+///
+/// It keeps a few idle admin connections for its own statements; while any
+/// handle lives, the embedded server counts as in use and does not stop.
+#[derive(Clone)]
+pub struct Server {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    url: RwLock<ServerUrl>,
+    admin_database: String,
+    major: u32,
+    pub(crate) options: ServerOptions,
+    idle: Mutex<Vec<Client>>,
+    embedded: Option<Embedded>,
+}
+
+struct Embedded {
+    dir: PathBuf,
+    pid: RwLock<u32>,
+}
+
+/// Idle admin connections kept per server handle.
+const IDLE_ADMIN: usize = 8;
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("url", &self.redacted_url())
+            .field("major", &self.inner.major)
+            .field("embedded", &self.inner.embedded.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn connect_url(url: &str) -> Result<Client, Error> {
+    Client::connect(url, NoTls).map_err(|source| Error::Connect {
+        url: redact(url),
+        source,
+    })
+}
+
+impl Server {
+    /// Connects to the server: the URL in `options`, else the one in
+    /// `PG_ISOLATE_URL`, else the host's embedded server (attached when
+    /// running, started when not).
+    pub fn connect(options: ServerOptions) -> Result<Self, Error> {
+        names::validate_prefix(&options.prefix)?;
+        let given = options
+            .url
+            .clone()
+            .or_else(|| std::env::var(URL_ENV).ok().filter(|u| !u.trim().is_empty()));
+        let (url, admin_database, client, embedded, major) = if let Some(given) = given {
+            let url = ServerUrl::parse(&given)?;
+            let admin_database = url.path_database().unwrap_or_else(|| "postgres".to_owned());
+            let mut client = connect_url(&url.database(&admin_database))?;
+            let major = server_major(&mut client, &admin_database)?;
+            (url, admin_database, client, None, major)
+        } else {
+            let attached = embedded::attach(&options.embedded)?;
+            let url = ServerUrl::parse(&attached.url)?;
+            let admin_database = "postgres".to_owned();
+            // Connect while the start lock is still held (see `Attached`).
+            let client = connect_url(&url.database(&admin_database))?;
+            let embedded = Embedded {
+                dir: attached.dir.clone(),
+                pid: RwLock::new(attached.pid),
+            };
+            let major = attached.major;
+            drop(attached);
+            (url, admin_database, client, Some(embedded), major)
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                url: RwLock::new(url),
+                admin_database,
+                major,
+                options,
+                idle: Mutex::new(vec![client]),
+                embedded,
+            }),
+        })
+    }
+
+    /// The process-wide handle for [`ServerOptions::default()`], connected
+    /// on first use and shared by every later caller (for example every
+    /// test of a `cargo test` binary), so a process attaches only once.
+    pub fn shared() -> Result<Self, Error> {
+        static SHARED: Mutex<Option<Server>> = Mutex::new(None);
+        let mut shared = SHARED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(server) = shared.as_ref() {
+            return Ok(server.clone());
+        }
+        let server = Self::connect(ServerOptions::default())?;
+        *shared = Some(server.clone());
+        Ok(server)
+    }
+
+    /// Stops the host's embedded server for `options` (fast shutdown:
+    /// connected clients are disconnected) and waits until it is gone.
+    /// Returns whether one was running.
+    pub fn stop_embedded(options: &EmbeddedOptions) -> Result<bool, Error> {
+        embedded::stop(options)
+    }
+
+    /// The cluster directory the embedded server for `options` uses.
+    pub fn embedded_dir(options: &EmbeddedOptions) -> Result<PathBuf, Error> {
+        embedded::dir(options)
+    }
+
+    /// The server's major version (e.g. 15).
+    pub fn major_version(&self) -> u32 {
+        self.inner.major
+    }
+
+    /// The pid of the embedded server this handle attached to, `None` for a
+    /// server given by URL.
+    pub fn embedded_pid(&self) -> Option<u32> {
+        let embedded = self.inner.embedded.as_ref()?;
+        Some(
+            *embedded
+                .pid
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// The connection URL of `database` on this server, usable by any
+    /// client (sqlx, diesel, tokio-postgres, psql). It contains the
+    /// password; do not log it.
+    pub fn url(&self, database: &str) -> String {
+        self.read_url().database(database)
+    }
+
+    /// The server's URL with the password hidden, for messages.
+    pub fn redacted_url(&self) -> String {
+        redact(&self.url(&self.inner.admin_database))
+    }
+
+    /// A new connection to the admin database (`postgres`, or the one named
+    /// in the given URL).
+    pub fn admin_client(&self) -> Result<Client, Error> {
+        self.client(&self.inner.admin_database.clone())
+    }
+
+    /// A new connection to `database`.
+    pub fn client(&self, database: &str) -> Result<Client, Error> {
+        match connect_url(&self.url(database)) {
+            Ok(client) => Ok(client),
+            Err(error) => {
+                // The server answered (wrong database, ...): not a restart.
+                let answered = matches!(&error, Error::Connect { source, .. } if source.as_db_error().is_some());
+                if !answered && self.reattach()? {
+                    connect_url(&self.url(database))
+                } else {
+                    Err(error)
+                }
+            }
+        }
+    }
+
+    /// The configured prefix of generated database names.
+    pub fn prefix(&self) -> &str {
+        &self.inner.options.prefix
+    }
+
+    fn read_url(&self) -> ServerUrl {
+        self.inner
+            .url
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// After a failed connection to the embedded server: if it was
+    /// restarted (it crashed, or stopped when idle), attach to the new one.
+    /// Returns whether the URL changed.
+    fn reattach(&self) -> Result<bool, Error> {
+        let Some(embedded) = &self.inner.embedded else {
+            return Ok(false);
+        };
+        let attached = embedded::attach(&self.inner.options.embedded)?;
+        let url = ServerUrl::parse(&attached.url)?;
+        *embedded
+            .pid
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = attached.pid;
+        let changed = {
+            let mut current = self
+                .inner
+                .url
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let changed = current.database("") != url.database("");
+            *current = url;
+            changed
+        };
+        tracing::info!(dir = %embedded.dir.display(), changed, "re-attached to the embedded server");
+        Ok(true)
+    }
+
+    /// Runs `f` on a pooled admin connection.
+    pub(crate) fn with_admin<T>(
+        &self,
+        mut f: impl FnMut(&mut Client) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let pooled = self
+            .inner
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let (mut client, from_pool) = match pooled {
+            Some(client) if !client.is_closed() => (client, true),
+            _ => (self.admin_client()?, false),
+        };
+        let mut result = f(&mut client);
+        if from_pool && result.as_ref().is_err_and(connection_lost) {
+            // An idle pooled connection to a server that has since been
+            // restarted (crash, explicit stop): once more on a fresh one,
+            // and the other idle ones are stale too.
+            self.inner
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear();
+            client = self.admin_client()?;
+            result = f(&mut client);
+        }
+        if !client.is_closed() {
+            let mut idle = self
+                .inner
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if idle.len() < IDLE_ADMIN {
+                idle.push(client);
+            }
+        }
+        result
+    }
+
+    /// The `TEMPLATE ... STRATEGY ...` clause for cloning `template`.
+    pub(crate) fn template_clause(
+        &self,
+        template: &str,
+        strategy: Option<CloneStrategy>,
+    ) -> String {
+        let mut clause = format!(" TEMPLATE {}", names::ident(template));
+        if self.inner.major >= 15 {
+            let strategy = strategy.unwrap_or(self.inner.options.clone_strategy);
+            clause.push_str(" STRATEGY ");
+            clause.push_str(strategy.sql());
+        }
+        clause
+    }
+}
+
+/// Whether `error` is a lost connection (not an answer from the server).
+fn connection_lost(error: &Error) -> bool {
+    match error {
+        Error::Sql { source, .. } | Error::Connect { source, .. } => {
+            source.is_closed()
+                || source.as_db_error().is_some_and(|db| {
+                    db.severity() == "FATAL" || db.code().code().starts_with("57P")
+                })
+        }
+        _ => false,
+    }
+}
+
+fn server_major(client: &mut Client, database: &str) -> Result<u32, Error> {
+    let row = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .map_err(|e| Error::sql("reading the server version", database, e))?;
+    let num: i32 = row.get(0);
+    Ok(u32::try_from(num / 10_000).unwrap_or(0))
+}

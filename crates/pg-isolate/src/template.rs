@@ -1,0 +1,211 @@
+//! Templates: built once per distinct setup, by exactly one process.
+
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+
+use postgres::Client;
+use sha2::{Digest, Sha256};
+
+use crate::databases::comment_sql;
+use crate::owner::{DatabaseKind, OwnerRecord, now};
+use crate::testdb::TestDatabase;
+use crate::{Error, Server, SetupError, names};
+
+/// The version of pg-isolate's template format; part of every template key,
+/// so a change in how templates are built never reuses an old one.
+pub const TEMPLATE_FORMAT_VERSION: u32 = 1;
+
+/// How often (seconds) a template's `last_used` is refreshed at most.
+const TOUCH_INTERVAL: u64 = 3600;
+
+/// A complete template database; clone it with [`Template::test_database`]
+/// or [`Server::create_database`] with [`crate::CreateOptions::template`].
+#[derive(Debug, Clone)]
+pub struct Template {
+    server: Server,
+    name: String,
+    key: String,
+}
+
+/// The key of a template: a hash of what defines its schema.
+pub(crate) struct Key {
+    pub(crate) hex: String,
+    pub(crate) lock: i64,
+}
+
+impl Key {
+    fn new(key_material: &[u8], major: u32) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(b"pg-isolate template\0");
+        hasher.update(TEMPLATE_FORMAT_VERSION.to_be_bytes());
+        hasher.update(major.to_be_bytes());
+        hasher.update(key_material);
+        let digest = hasher.finalize();
+        let mut lock = [0u8; 8];
+        lock.copy_from_slice(&digest[..8]);
+        Self {
+            hex: names::hex(&digest[..8]),
+            lock: i64::from_be_bytes(lock),
+        }
+    }
+}
+
+/// The name of the template with key `hex`.
+pub(crate) fn template_name(prefix: &str, hex: &str) -> String {
+    names::fit(&format!("{prefix}tpl_{hex}"))
+}
+
+impl Server {
+    /// The template for `key_material`, building it with `setup` if it does
+    /// not exist yet.
+    ///
+    /// `key_material` is everything that defines the schema (for example
+    /// the migration files' names and contents and a salt); it is hashed
+    /// together with the server's major version and
+    /// [`TEMPLATE_FORMAT_VERSION`]. Across all processes on the server one
+    /// builds the template (under a PostgreSQL advisory lock) while the
+    /// others wait. `setup` receives a connection to the new database; the
+    /// database is marked as a template only after it returns `Ok`, so a
+    /// crash mid-setup leaves a half-built database that the next call
+    /// detects, drops and rebuilds. If `setup` fails or panics, the
+    /// half-built database is dropped and the error (or panic) passed on.
+    pub fn template<F>(&self, key_material: &[u8], setup: F) -> Result<Template, Error>
+    where
+        F: FnOnce(&mut Client) -> Result<(), SetupError>,
+    {
+        let key = Key::new(key_material, self.major_version());
+        let name = template_name(self.prefix(), &key.hex);
+        let template = Template {
+            server: self.clone(),
+            name: name.clone(),
+            key: key.hex.clone(),
+        };
+        if let Some(info) = self.database_info(&name)?
+            && let Some(owner) = ready_owner(&info)
+        {
+            self.touch(&name, owner)?;
+            return Ok(template);
+        }
+        let mut locker = self.admin_client()?;
+        locker
+            .execute("SELECT pg_advisory_lock($1)", &[&key.lock])
+            .map_err(|e| Error::sql("waiting for the template build lock of", &name, e))?;
+        let result = self.build_locked(&name, &key, setup);
+        // Closing the connection releases the lock in any case.
+        let _ = locker.execute("SELECT pg_advisory_unlock($1)", &[&key.lock]);
+        result.map(|()| template)
+    }
+
+    fn build_locked<F>(&self, name: &str, key: &Key, setup: F) -> Result<(), Error>
+    where
+        F: FnOnce(&mut Client) -> Result<(), SetupError>,
+    {
+        if let Some(info) = self.database_info(name)? {
+            if ready_owner(&info).is_some() {
+                return Ok(());
+            }
+            if info.owner.is_none() {
+                return Err(Error::NotOwned {
+                    database: name.to_owned(),
+                });
+            }
+            // We hold the build lock, so nobody is building it: it is the
+            // remains of a crashed build.
+            tracing::warn!(database = name, "dropping half-built template");
+            self.drop_owned(name, info.is_template)?;
+        }
+        let started = std::time::Instant::now();
+        let mut record = OwnerRecord::new(DatabaseKind::Template, None);
+        record.template_key = Some(key.hex.clone());
+        self.create_with_record(name, None, None, &record)?;
+        let outcome = {
+            let mut client = self.client(name)?;
+            catch_unwind(AssertUnwindSafe(|| setup(&mut client)))
+        };
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(source)) => {
+                let _ = self.drop_owned(name, false);
+                return Err(Error::Setup {
+                    template: name.to_owned(),
+                    source,
+                });
+            }
+            Err(panic) => {
+                let _ = self.drop_owned(name, false);
+                resume_unwind(panic);
+            }
+        }
+        record.ready = true;
+        record.last_used = Some(now());
+        let ident = names::ident(name);
+        self.with_admin(|client| {
+            client
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    &[&name],
+                )
+                .map_err(|e| Error::sql("closing setup connections to", name, e))?;
+            client
+                .batch_execute(&format!("ALTER DATABASE {ident} ALLOW_CONNECTIONS false"))
+                .map_err(|e| Error::sql("closing template to connections", name, e))?;
+            client
+                .batch_execute(&comment_sql(name, &record))
+                .map_err(|e| Error::sql("writing the owner record of", name, e))?;
+            client
+                .batch_execute(&format!("ALTER DATABASE {ident} IS_TEMPLATE true"))
+                .map_err(|e| Error::sql("marking template", name, e))
+        })?;
+        tracing::info!(
+            database = name,
+            elapsed_ms = started.elapsed().as_millis(),
+            "built template"
+        );
+        Ok(())
+    }
+
+    /// Refreshes `last_used` of a template when it is older than an hour.
+    fn touch(&self, name: &str, mut owner: OwnerRecord) -> Result<(), Error> {
+        let now = now();
+        if owner
+            .last_used
+            .is_some_and(|t| now.saturating_sub(t) < TOUCH_INTERVAL)
+        {
+            return Ok(());
+        }
+        owner.last_used = Some(now);
+        self.with_admin(|client| {
+            client
+                .batch_execute(&comment_sql(name, &owner))
+                .map_err(|e| Error::sql("writing the owner record of", name, e))
+        })
+    }
+}
+
+/// The owner record of a complete template.
+pub(crate) fn ready_owner(info: &crate::DatabaseInfo) -> Option<OwnerRecord> {
+    let owner = info.owner.as_ref()?;
+    (info.is_template && owner.kind == DatabaseKind::Template && owner.ready).then(|| owner.clone())
+}
+
+impl Template {
+    /// The template database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The template key (hex), recorded in its owner record.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The server the template lives on.
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
+    /// A new private database cloned from this template, dropped when the
+    /// handle is dropped.
+    pub fn test_database(&self) -> Result<TestDatabase, Error> {
+        TestDatabase::create(&self.server, Some(&self.name))
+    }
+}

@@ -1,0 +1,112 @@
+//! [`TestDatabase`]: a private database for one test, dropped with its handle.
+
+use postgres::Client;
+
+use crate::owner::{DatabaseKind, OwnerRecord};
+use crate::{Error, Server, names};
+
+/// A database private to one test. Dropping the handle drops the database
+/// (terminating its connections), unless the test is panicking and
+/// [`crate::ServerOptions::keep_failed`] is set: then the database is kept
+/// and its name printed for inspection.
+#[derive(Debug)]
+pub struct TestDatabase {
+    server: Server,
+    name: String,
+    keep: bool,
+}
+
+/// Attempts at a fresh random name before giving up.
+const NAME_ATTEMPTS: usize = 5;
+
+impl Server {
+    /// A new private, empty database (cloned from `template1`), dropped
+    /// when the handle is dropped. For a migrated one, see
+    /// [`crate::Template::test_database`].
+    pub fn test_database(&self) -> Result<TestDatabase, Error> {
+        TestDatabase::create(self, None)
+    }
+}
+
+impl TestDatabase {
+    pub(crate) fn create(server: &Server, template: Option<&str>) -> Result<Self, Error> {
+        let record = OwnerRecord::new(DatabaseKind::Test, None);
+        let mut last = None;
+        for _ in 0..NAME_ATTEMPTS {
+            let name = Self::fresh_name(server);
+            match server.create_with_record(&name, template, None, &record) {
+                Ok(()) => return Ok(Self::adopt(server, name)),
+                Err(error @ Error::DatabaseExists { .. }) => last = Some(error),
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last.expect("at least one attempt was made"))
+    }
+
+    pub(crate) fn fresh_name(server: &Server) -> String {
+        names::fit(&format!("{}t_{}", server.prefix(), names::token()))
+    }
+
+    pub(crate) fn adopt(server: &Server, name: String) -> Self {
+        Self {
+            server: server.clone(),
+            name,
+            keep: false,
+        }
+    }
+
+    /// The database name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The connection URL, for any client. It contains the password; do not
+    /// log it.
+    pub fn url(&self) -> String {
+        self.server.url(&self.name)
+    }
+
+    /// A new connection to the database.
+    pub fn client(&self) -> Result<Client, Error> {
+        self.server.client(&self.name)
+    }
+
+    /// The server the database lives on.
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
+    /// Keeps the database after the handle is dropped (it stays ours: `gc`
+    /// removes it once this process has exited). Returns its name.
+    pub fn keep(mut self) -> String {
+        self.keep = true;
+        self.name.clone()
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        if std::thread::panicking() && self.server.inner.options.keep_failed {
+            tracing::warn!(database = %self.name, "kept the database of a failed test");
+            // A failing test must say which database it left for
+            // inspection, and the test harness shows a failing test's
+            // stderr; a tracing event alone is invisible without a
+            // subscriber.
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!(
+                    "pg-isolate: kept database {} of the failed test ({})",
+                    self.name,
+                    crate::url::redact(&self.url())
+                );
+            }
+            return;
+        }
+        if let Err(error) = self.server.drop_owned(&self.name, false) {
+            tracing::warn!(database = %self.name, error = %error, "could not drop test database");
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The warm pool: hands out ready clones, refills, never hands one out twice.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use pg_isolate::{PoolOptions, Server, Template};
+use test_support::{TestResult, child};
+
+use crate::{emit, eventually, shared, unique_key, values};
+
+fn template(server: &Server, key: &[u8]) -> TestResult<Template> {
+    Ok(server.template(key, |client| {
+        client.batch_execute("CREATE TABLE things (v int); INSERT INTO things VALUES (1)")?;
+        Ok(())
+    })?)
+}
+
+#[test]
+fn pool_hands_out_ready_clones_and_refills() -> TestResult {
+    let server = shared()?;
+    let template = template(&server, &unique_key("pool"))?;
+    let pool = template.pool(PoolOptions {
+        size: 3,
+        ..PoolOptions::default()
+    })?;
+    assert_eq!(
+        pool.wait_filled(Duration::from_secs(60))?,
+        3,
+        "{:?}",
+        pool.last_error()
+    );
+    let ready_before: HashSet<String> = pool_clones(&server, template.key())?;
+    let db = pool.test_database()?;
+    assert!(db.name().starts_with("testdb_t_"));
+    let count: i64 = db
+        .client()?
+        .query_one("SELECT count(*) FROM things", &[])?
+        .get(0);
+    assert_eq!(count, 1);
+    let after: HashSet<String> = pool_clones(&server, template.key())?;
+    assert!(
+        ready_before.difference(&after).count() >= 1,
+        "a ready clone was used"
+    );
+    eventually("the pool to refill", Duration::from_secs(60), || {
+        Ok(pool.ready()? >= 3)
+    })?;
+    assert!(pool.ready()? <= 3, "never beyond its size");
+    let name = db.name().to_owned();
+    drop(db);
+    assert!(!server.database_exists(&name)?);
+    drop(pool);
+    server.drop_database(template.name())?;
+    let report = server.gc(&pg_isolate::GcOptions::default())?;
+    assert!(
+        after.iter().all(
+            |clone| report.was_dropped(clone) || !server.database_exists(clone).unwrap_or(true)
+        ),
+        "orphaned clones are collected: {report:?}"
+    );
+    Ok(())
+}
+
+fn pool_clones(server: &Server, key: &str) -> TestResult<HashSet<String>> {
+    Ok(server
+        .list_databases()?
+        .into_iter()
+        .filter(|i| i.name.starts_with(&format!("testdb_p_{key}_")))
+        .map(|i| i.name)
+        .collect())
+}
+
+#[test]
+fn concurrent_claims_never_share_a_clone() -> TestResult {
+    if let Some(args) = child::args() {
+        let server = shared()?;
+        let template = template(&server, args[0].as_bytes())?;
+        let pool = template.pool(PoolOptions {
+            size: 4,
+            ..PoolOptions::default()
+        })?;
+        pool.wait_filled(Duration::from_secs(60))?;
+        let names = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..3)
+                .map(|_| {
+                    scope.spawn(|| -> TestResult<Vec<pg_isolate::TestDatabase>> {
+                        (0..3).map(|_| Ok(pool.test_database()?)).collect()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().map_err(|_| "thread panicked")?)
+                .collect::<TestResult<Vec<_>>>()
+        })?;
+        for db in names.iter().flatten() {
+            emit("DB", db.name());
+        }
+        return Ok(());
+    }
+    let key = String::from_utf8(unique_key("claims"))?;
+    let children = (0..3)
+        .map(|_| {
+            child::spawn(
+                "pool::concurrent_claims_never_share_a_clone",
+                std::slice::from_ref(&key),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut names = Vec::new();
+    for c in children {
+        names.extend(
+            values(&child::wait_success(c)?, "DB")
+                .into_iter()
+                .map(str::to_owned),
+        );
+    }
+    assert_eq!(names.len(), 27);
+    assert_eq!(names.iter().collect::<HashSet<_>>().len(), 27);
+    let server = shared()?;
+    let template = template(&server, key.as_bytes())?;
+    server.drop_database(template.name())?;
+    Ok(())
+}
+
+#[test]
+fn disk_bound_limits_the_pool_and_handout_still_works() -> TestResult {
+    let server = shared()?;
+    let template = template(&server, &unique_key("bounded"))?;
+    let pool = template.pool(PoolOptions {
+        size: 4,
+        max_bytes: 1,
+    })?;
+    assert_eq!(pool.wait_filled(Duration::from_secs(5))?, 0);
+    let db = pool.test_database()?;
+    let count: i64 = db
+        .client()?
+        .query_one("SELECT count(*) FROM things", &[])?
+        .get(0);
+    assert_eq!(count, 1);
+    assert_eq!(pool.ready()?, 0);
+    drop(db);
+    drop(pool);
+    server.drop_database(template.name())?;
+    Ok(())
+}
