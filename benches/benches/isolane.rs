@@ -11,6 +11,7 @@ type Group = (&'static str, fn(&Config, &mut Report) -> BenchResult);
 const GROUPS: &[Group] = &[
     ("registry", benches::registry::run),
     ("ports", benches::ports::run),
+    ("worktree", benches::worktree::run),
     ("pg", benches::pg::run),
     ("migrations", benches::migrations::run),
 ];

@@ -11,11 +11,13 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub mod fixtures;
 pub mod migration_fixture;
 pub mod migrations;
 pub mod pg;
 pub mod ports;
 pub mod registry;
+pub mod worktree;
 
 /// The error type of benchmark bodies.
 pub type BenchError = Box<dyn std::error::Error + Send + Sync>;

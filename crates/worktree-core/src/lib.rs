@@ -1,5 +1,88 @@
 //! Git worktree lifecycle for isolated test environments, built on `git2`.
 //!
-//! Not implemented yet: this crate is a placeholder that the worktree-core
-//! issue fills in. It exposes nothing so that nothing can pretend to work.
+//! [`Worktrees`] creates, lists, locks, pools and removes worktrees of one
+//! repository under a worktrees dir (default `worktrees/` at the main
+//! worktree's root, added to `.git/info/exclude`). Every worktree is a
+//! first-class git worktree: `git worktree list` shows it, `git status` in it
+//! is clean, `git worktree remove` works on it, and `git worktree prune`
+//! leaves it alone while it is locked.
+//!
+//! - **Create** `<purpose>-<identifier>` on an existing branch, a new branch
+//!   from a base revision, or a detached HEAD. The files are written by
+//!   several threads straight from the object database and the index is
+//!   built from their stat data. Creation is all or nothing: each step is
+//!   recorded first, a failure rolls back what was made, and the next call
+//!   rolls back what a crashed process left.
+//! - **Remove** never loses work: uncommitted changes, untracked files and
+//!   commits that exist nowhere else are refused (and listed) unless forced.
+//! - **Lock** with git's own lock plus the owning process, so that
+//!   [`Worktrees::select_stale`] can tell "old" from "in use".
+//! - **Pool**: [`Worktrees::release_to_pool`] keeps a finished worktree, and
+//!   the next create re-points it at the requested branch, writing only the
+//!   files that differ and keeping ignored build outputs (`target/`,
+//!   `node_modules/`, ...). A pooled worktree is handed out only when it is
+//!   provably unchanged since it was pooled (stat data of every tracked file
+//!   and directory) or a full status scan finds it clean; pooled worktrees
+//!   are locked, so `git worktree prune` keeps them.
+//!   [`Worktrees::drain_pool`] empties the pool.
+//!
+//! Bookkeeping lives in `<git common dir>/isolane/worktree-core/`: a lock
+//! file per worktree id and one for short repository-wide steps, and an
+//! intent record per operation in progress, which [`Worktrees::recover`]
+//! (run by every mutating call) rolls back once its process is gone.
+//!
+//! Submodules are not initialised yet: a request with
+//! [`CreateRequest::submodules`] for a tree that has submodules is refused
+//! with [`Error::Unsupported`]; without it, submodule paths are left empty
+//! as `git worktree add` leaves them.
+//!
+//! Crash testing: with `ISOLANE_FAULT=<step>` in the environment the process
+//! aborts at that step (`worktree.after_intent`, `worktree.after_branch`,
+//! `worktree.after_admin_dir`, `worktree.after_files`,
+//! `worktree.after_checkout`, `worktree.handout_after_switch`,
+//! `worktree.handout_after_move`, `worktree.release_after_move`,
+//! `worktree.remove_after_dir`).
+//!
+//! ```
+//! use worktree_core::{CreateRequest, Options, RemoveOptions, Worktrees};
+//!
+//! # let dir = tempfile::tempdir()?;
+//! # let repo = dir.path().join("repo");
+//! # let git = |args: &[&str]| std::process::Command::new("git").current_dir(&repo)
+//! #     .env("GIT_CONFIG_GLOBAL", "/dev/null").env("GIT_CONFIG_NOSYSTEM", "1")
+//! #     .args(["-c", "user.name=a", "-c", "user.email=a@example.com"]).args(args).status();
+//! # std::fs::create_dir(&repo)?;
+//! # git(&["init", "-q", "-b", "main"])?;
+//! # std::fs::write(repo.join("README.md"), "hello\n")?;
+//! # git(&["add", "."])?;
+//! # git(&["commit", "-q", "-m", "first"])?;
+//! let worktrees = Worktrees::open(&repo, Options::default())?;
+//! let created = worktrees.create(
+//!     &CreateRequest::new("test-migration", "add-user-roles").branch("feature/user-roles"),
+//! )?;
+//! assert!(created.path.join("README.md").is_file());
+//! assert_eq!(created.id, "test-migration-add-user-roles");
+//!
+//! let removed = worktrees.remove(&created.id, RemoveOptions { delete_branch: true, ..Default::default() })?;
+//! assert_eq!(removed.branch_deleted.as_deref(), Some("feature/user-roles"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![deny(missing_docs)]
+
+mod admin;
+mod checkout;
+mod discover;
+mod error;
+mod fault;
+mod names;
+mod snapshot;
+mod state;
+mod worktrees;
+
+pub use discover::{RepoPaths, discover};
+pub use error::{Error, Result};
+pub use names::{MAX_NAME_LEN, validate_name};
+pub use worktrees::{
+    CreateRequest, LockInfo, Options, Released, RemoveOptions, Removed, Selection, SkipReason,
+    Worktree, WorktreeInfo, Worktrees,
+};

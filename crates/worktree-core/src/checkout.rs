@@ -1,0 +1,457 @@
+//! A parallel checkout: the files of a tree are written from the object
+//! database by several threads, and the index is built from the stat data of
+//! what was written, so that `git status` finds it clean without re-reading a
+//! single file.
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+
+use git2::{IndexEntry, IndexTime, Oid, Repository, Tree, TreeWalkMode, TreeWalkResult};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::error::{Result, git, io};
+
+/// Files per work item of the parallel checkout.
+const CHUNK: usize = 32;
+
+const MODE_FILE: u32 = 0o100_644;
+const MODE_EXEC: u32 = 0o100_755;
+const MODE_LINK: u32 = 0o120_000;
+const MODE_GITLINK: u32 = 0o160_000;
+
+/// One tracked path of a tree.
+#[derive(Debug, Clone)]
+pub(crate) struct TreeFile {
+    pub(crate) path: Vec<u8>,
+    pub(crate) oid: Oid,
+    pub(crate) mode: u32,
+}
+
+/// Every blob, symlink and gitlink of `tree`, sorted in index order.
+pub(crate) fn tree_files(tree: &Tree<'_>) -> Result<Vec<TreeFile>> {
+    let mut files = Vec::new();
+    tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
+        let mode = entry.filemode() as u32;
+        if matches!(mode, MODE_FILE | MODE_EXEC | MODE_LINK | MODE_GITLINK) {
+            let mut path = dir.as_bytes().to_vec();
+            path.extend_from_slice(entry.name_bytes());
+            files.push(TreeFile {
+                path,
+                oid: entry.id(),
+                mode,
+            });
+        }
+        TreeWalkResult::Ok
+    })
+    .map_err(git("walk tree", tree.id()))?;
+    files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+/// Whether a plain checkout writes exactly the blobs: no attributes (eol,
+/// filters) in the tree, in `info/attributes` or in a configured attributes
+/// file, and no autocrlf in the configuration.
+pub(crate) fn is_plain(repo: &Repository, files: &[TreeFile]) -> bool {
+    let in_tree = files
+        .iter()
+        .any(|f| f.path.rsplit(|&b| b == b'/').next() == Some(b".gitattributes".as_slice()));
+    let info = std::fs::metadata(repo.commondir().join("info").join("attributes"))
+        .is_ok_and(|m| m.len() > 0);
+    let config = repo.config().ok();
+    let set = |key: &str| {
+        config
+            .as_ref()
+            .and_then(|c| c.get_string(key).ok())
+            .is_some_and(|v| !v.is_empty() && v != "false")
+    };
+    !in_tree && !info && !set("core.autocrlf") && !set("core.attributesfile")
+}
+
+/// Writes `files` under `root` (which exists) in parallel, reading blobs
+/// from the repository at `git_dir`, and returns their index entries in the
+/// same order.
+pub(crate) fn write_all(
+    git_dir: &Path,
+    root: &Path,
+    files: &[TreeFile],
+) -> Result<Vec<IndexEntry>> {
+    let mut dirs = BTreeSet::new();
+    for file in files {
+        let mut rel = Path::new(OsStr::from_bytes(&file.path)).parent();
+        while let Some(dir) = rel.filter(|d| !d.as_os_str().is_empty()) {
+            if !dirs.insert(dir.to_owned()) {
+                break;
+            }
+            rel = dir.parent();
+        }
+    }
+    for dir in &dirs {
+        let path = root.join(dir);
+        std::fs::create_dir(&path).map_err(io("create directory", path))?;
+    }
+    // One repository (and so one object cache) per thread, pulling chunks
+    // of neighbouring paths (which often share delta bases) from a counter.
+    // More threads than cores: file creation blocks in the kernel.
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let threads = (cores * 2)
+        .clamp(2, 8)
+        .min(files.len().div_ceil(CHUNK).max(1));
+    let next = AtomicUsize::new(0);
+    let results: Vec<Result<Vec<(usize, IndexEntry)>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let repo = Repository::open(git_dir)
+                        .map_err(git("open repository", git_dir.display()))?;
+                    let odb = repo
+                        .odb()
+                        .map_err(git("open object database", git_dir.display()))?;
+                    let mut out = Vec::new();
+                    loop {
+                        let start = next.fetch_add(CHUNK, Ordering::Relaxed);
+                        if start >= files.len() {
+                            return Ok(out);
+                        }
+                        for (i, file) in files.iter().enumerate().skip(start).take(CHUNK) {
+                            out.push((i, write_one(&odb, root, file)?));
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    let mut entries = Vec::with_capacity(files.len());
+    for result in results {
+        entries.extend(result?);
+    }
+    entries.sort_unstable_by_key(|(i, _)| *i);
+    Ok(entries.into_iter().map(|(_, entry)| entry).collect())
+}
+
+/// Writes one file (replacing nothing: the path must be free) and returns
+/// its index entry.
+pub(crate) fn write_one(odb: &git2::Odb<'_>, root: &Path, file: &TreeFile) -> Result<IndexEntry> {
+    let path = root.join(OsStr::from_bytes(&file.path));
+    let metadata = match file.mode {
+        MODE_GITLINK => {
+            std::fs::create_dir(&path).map_err(io("create directory", &path))?;
+            return Ok(entry(file, None));
+        }
+        MODE_LINK => {
+            let object = odb.read(file.oid).map_err(git("read blob", file.oid))?;
+            std::os::unix::fs::symlink(OsStr::from_bytes(object.data()), &path)
+                .map_err(io("create symlink", &path))?;
+            std::fs::symlink_metadata(&path).map_err(io("stat", &path))?
+        }
+        _ => {
+            let object = odb.read(file.oid).map_err(git("read blob", file.oid))?;
+            let perm = if file.mode == MODE_EXEC { 0o777 } else { 0o666 };
+            let mut out = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(perm)
+                .open(&path)
+                .map_err(io("create file", &path))?;
+            out.write_all(object.data())
+                .map_err(io("write file", &path))?;
+            out.metadata().map_err(io("stat", &path))?
+        }
+    };
+    Ok(entry(file, Some(&metadata)))
+}
+
+fn entry(file: &TreeFile, metadata: Option<&std::fs::Metadata>) -> IndexEntry {
+    let time = |secs: i64, nanos: i64| IndexTime::new(secs as i32, nanos as u32);
+    IndexEntry {
+        ctime: metadata.map_or(time(0, 0), |m| time(m.ctime(), m.ctime_nsec())),
+        mtime: metadata.map_or(time(0, 0), |m| time(m.mtime(), m.mtime_nsec())),
+        dev: metadata.map_or(0, |m| m.dev() as u32),
+        ino: metadata.map_or(0, |m| m.ino() as u32),
+        mode: file.mode,
+        uid: metadata.map_or(0, |m| m.uid()),
+        gid: metadata.map_or(0, |m| m.gid()),
+        file_size: metadata.map_or(0, |m| m.size() as u32),
+        id: file.oid,
+        flags: 0,
+        flags_extended: 0,
+        path: file.path.clone(),
+    }
+}
+
+/// Writes a new index file holding `entries` (sorted in index order).
+pub(crate) fn write_index(index_path: &Path, entries: &[IndexEntry]) -> Result<()> {
+    let mut index =
+        git2::Index::open(index_path).map_err(git("open index", index_path.display()))?;
+    index
+        .clear()
+        .map_err(git("clear index", index_path.display()))?;
+    for entry in entries {
+        index
+            .add(entry)
+            .map_err(git("add to index", String::from_utf8_lossy(&entry.path)))?;
+    }
+    index
+        .write()
+        .map_err(git("write index", index_path.display()))
+}
+
+/// One path that differs between two trees: its old and new (id, mode).
+#[derive(Debug)]
+struct Change {
+    path: Vec<u8>,
+    old: Option<(Oid, u32)>,
+    new: Option<(Oid, u32)>,
+}
+
+/// The paths that differ between `old` and `new`, skipping identical
+/// subtrees by id (so only the few trees on changed paths are read).
+fn diff_trees(
+    repo: &Repository,
+    old: Option<&Tree<'_>>,
+    new: Option<&Tree<'_>>,
+    prefix: &[u8],
+    out: &mut Vec<Change>,
+) -> Result<()> {
+    use std::collections::BTreeMap;
+    type Side = BTreeMap<Vec<u8>, (Oid, u32)>;
+    let side = |tree: Option<&Tree<'_>>| -> Side {
+        tree.map(|t| {
+            t.iter()
+                .map(|e| (e.name_bytes().to_vec(), (e.id(), e.filemode() as u32)))
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    let (old_side, new_side) = (side(old), side(new));
+    let names: BTreeSet<&Vec<u8>> = old_side.keys().chain(new_side.keys()).collect();
+    let is_tree = |e: &Option<(Oid, u32)>| e.is_some_and(|(_, mode)| mode == 0o040_000);
+    let subtree = |e: &Option<(Oid, u32)>| -> Result<Option<Tree<'_>>> {
+        match e {
+            Some((id, 0o040_000)) => Ok(Some(repo.find_tree(*id).map_err(git("read tree", id))?)),
+            _ => Ok(None),
+        }
+    };
+    for name in names {
+        let o = old_side.get(name).copied();
+        let n = new_side.get(name).copied();
+        if o == n {
+            continue;
+        }
+        let mut path = prefix.to_vec();
+        path.extend_from_slice(name);
+        if is_tree(&o) || is_tree(&n) {
+            let mut dir = path.clone();
+            dir.push(b'/');
+            diff_trees(
+                repo,
+                subtree(&o)?.as_ref(),
+                subtree(&n)?.as_ref(),
+                &dir,
+                out,
+            )?;
+        }
+        let o = o.filter(|_| !is_tree(&o));
+        let n = n.filter(|_| !is_tree(&n));
+        if o.is_some() || n.is_some() {
+            out.push(Change {
+                path,
+                old: o,
+                new: n,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Re-points the worktree at `root` from `old` to `new`: writes only the
+/// files that differ, removes the ones that are gone, and updates those
+/// entries of the index at `index_path`; returns how many paths it wrote.
+/// Untracked and ignored files are left alone unless a tracked path of `new`
+/// needs their place.
+pub(crate) fn switch(
+    repo: &Repository,
+    root: &Path,
+    index_path: &Path,
+    index: Option<git2::Index>,
+    old: &Tree<'_>,
+    new: &Tree<'_>,
+) -> Result<usize> {
+    let mut changes = Vec::new();
+    diff_trees(repo, Some(old), Some(new), b"", &mut changes)?;
+    let odb = repo
+        .odb()
+        .map_err(git("open object database", repo.path().display()))?;
+    let mut index = match index {
+        Some(index) => index,
+        None => git2::Index::open(index_path).map_err(git("open index", index_path.display()))?,
+    };
+    // Removals first (deepest first), so that a directory replacing a file,
+    // or a file replacing a directory, finds its place.
+    for change in changes.iter().rev() {
+        if let Some((_, old_mode)) = change.old
+            && change
+                .new
+                .is_none_or(|(_, new_mode)| kind(new_mode) != kind(old_mode))
+        {
+            let rel = Path::new(OsStr::from_bytes(&change.path));
+            remove_path(root, rel)?;
+            index
+                .remove_path(rel)
+                .map_err(git("remove from index", rel.display()))?;
+        }
+    }
+    let mut written = 0;
+    for change in &changes {
+        let Some((oid, mode)) = change.new else {
+            continue;
+        };
+        let rel = Path::new(OsStr::from_bytes(&change.path));
+        let target = root.join(rel);
+        clear_way(root, rel)?;
+        let file = TreeFile {
+            path: change.path.clone(),
+            oid,
+            mode,
+        };
+        match std::fs::symlink_metadata(&target) {
+            Ok(meta) if meta.is_dir() && mode == MODE_GITLINK => {
+                index
+                    .add(&entry(&file, None))
+                    .map_err(git("add to index", rel.display()))?;
+                written += 1;
+                continue;
+            }
+            Ok(meta) if meta.is_dir() => {
+                std::fs::remove_dir_all(&target).map_err(io("remove directory", &target))?;
+            }
+            Ok(meta) if meta.is_file() && meta.nlink() == 1 && kind(mode) == MODE_FILE => {
+                // Rewrite in place: no new inode to allocate.
+                let entry = overwrite(&odb, &target, &file)?;
+                index
+                    .add(&entry)
+                    .map_err(git("add to index", rel.display()))?;
+                written += 1;
+                continue;
+            }
+            Ok(_) => std::fs::remove_file(&target).map_err(io("remove file", &target))?,
+            Err(_) => {}
+        }
+        let entry = write_one(&odb, root, &file)?;
+        index
+            .add(&entry)
+            .map_err(git("add to index", rel.display()))?;
+        written += 1;
+    }
+    index
+        .write()
+        .map_err(git("write index", index_path.display()))?;
+    Ok(written)
+}
+
+/// Regular files (plain or executable), symlinks and gitlinks are different
+/// kinds; a change of kind needs the old path removed first.
+fn kind(mode: u32) -> u32 {
+    if mode == MODE_EXEC { MODE_FILE } else { mode }
+}
+
+/// Rewrites the regular file `path` in place with `file`'s blob and mode.
+fn overwrite(odb: &git2::Odb<'_>, path: &Path, file: &TreeFile) -> Result<IndexEntry> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let object = odb.read(file.oid).map_err(git("read blob", file.oid))?;
+    let mut out = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io("open file", path))?;
+    out.write_all(object.data())
+        .map_err(io("write file", path))?;
+    let current = out
+        .metadata()
+        .map_err(io("stat", path))?
+        .permissions()
+        .mode();
+    let exec = file.mode == MODE_EXEC;
+    if (current & 0o100 != 0) != exec {
+        let mode = if exec {
+            current | ((current & 0o444) >> 2)
+        } else {
+            current & !0o111
+        };
+        out.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(io("change mode of", path))?;
+    }
+    let metadata = out.metadata().map_err(io("stat", path))?;
+    Ok(entry(file, Some(&metadata)))
+}
+
+/// Makes sure every parent directory of `rel` exists as a directory.
+fn clear_way(root: &Path, rel: &Path) -> Result<()> {
+    let mut dir = root.to_path_buf();
+    let Some(parent) = rel.parent() else {
+        return Ok(());
+    };
+    for part in parent.components() {
+        dir.push(part);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                std::fs::remove_file(&dir).map_err(io("remove file", &dir))?;
+                std::fs::create_dir(&dir).map_err(io("create directory", &dir))?;
+            }
+            Err(_) => std::fs::create_dir(&dir).map_err(io("create directory", &dir))?,
+        }
+    }
+    Ok(())
+}
+
+/// Removes a tracked path and the directories it leaves empty.
+fn remove_path(root: &Path, rel: &Path) -> Result<()> {
+    let path = root.join(rel);
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if meta.is_dir() => {
+            // A gitlink: remove only if empty.
+            let _ = std::fs::remove_dir(&path);
+        }
+        Ok(_) => std::fs::remove_file(&path).map_err(io("remove file", &path))?,
+        Err(_) => {}
+    }
+    let mut parent: Option<PathBuf> = path.parent().map(Path::to_path_buf);
+    while let Some(dir) = parent {
+        if dir == root || std::fs::remove_dir(&dir).is_err() {
+            break;
+        }
+        parent = dir.parent().map(Path::to_path_buf);
+    }
+    Ok(())
+}
+
+/// The entries of a tree as an error-free helper for callers that only need
+/// to know whether a tree has submodules.
+pub(crate) fn has_gitlinks(files: &[TreeFile]) -> bool {
+    files.iter().any(|f| f.mode == MODE_GITLINK)
+}
+
+/// Checks out `tree` into an empty worktree with libgit2 (the slow, general
+/// path used when attributes or autocrlf could change file contents).
+pub(crate) fn checkout_with_libgit2(worktree: &Repository, tree: Oid) -> Result<()> {
+    let tree = worktree.find_tree(tree).map_err(git("find tree", tree))?;
+    let mut builder = git2::build::CheckoutBuilder::new();
+    builder.force();
+    worktree
+        .checkout_tree(tree.as_object(), Some(&mut builder))
+        .map_err(git("check out tree", tree.id()))?;
+    Ok(())
+}
