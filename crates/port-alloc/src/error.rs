@@ -178,3 +178,23 @@ pub enum Error {
         source: std::io::Error,
     },
 }
+
+impl Error {
+    /// Whether the error is about the caller's input (names, ranges, a
+    /// request larger than the range) rather than the state of the host.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            Self::InvalidOwner { .. }
+                | Self::NoNames { .. }
+                | Self::EmptyName { .. }
+                | Self::InvalidName { .. }
+                | Self::DuplicateName { .. }
+                | Self::EmptyRange { .. }
+                | Self::InvertedRange { .. }
+                | Self::RangeIncludesZero { .. }
+                | Self::EphemeralOverlap { .. }
+                | Self::TooManyNames { .. }
+        )
+    }
+}

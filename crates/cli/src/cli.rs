@@ -1,0 +1,240 @@
+//! The command line, as clap reads it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Isolated test worktrees with their own ports and PostgreSQL database.
+///
+/// Run from anywhere inside a git repository (its test worktrees included).
+/// Set ISOLANE_LOG=debug for a trace on stderr.
+#[derive(Debug, Parser)]
+#[command(version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create a test worktree with leased ports and its own database.
+    Create(CreateArgs),
+    /// List the test worktrees of this repository.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one test worktree.
+    Show {
+        /// The worktree id (`<purpose>-<identifier>`).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a worktree's environment (ports, DATABASE_URL, ...).
+    Env {
+        /// The worktree id.
+        id: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = EnvFormat::Dotenv)]
+        format: EnvFormat,
+    },
+    /// Run a command in a worktree with its environment and services.
+    Run(RunArgs),
+    /// Remove a worktree, its database and its ports.
+    Remove(RemoveArgs),
+    /// Remove old test worktrees and finish interrupted operations.
+    Gc(GcArgs),
+    /// Port leases on this host.
+    Ports {
+        #[command(subcommand)]
+        command: Option<PortsCommand>,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Databases: reset, migrate, verify rollbacks, list, clean.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+    /// Check registry, worktrees, ports and databases against each other.
+    Doctor {
+        /// Repair what is inconsistent.
+        #[arg(long)]
+        fix: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a commented isolane.toml at the repository root.
+    Init,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CreateArgs {
+    /// What the worktree is for, e.g. test-migration.
+    #[arg(long)]
+    pub(crate) purpose: String,
+    /// Which one, e.g. add-user-roles.
+    #[arg(long)]
+    pub(crate) identifier: String,
+    /// The branch to check out; created from --base if it does not exist.
+    #[arg(long)]
+    pub(crate) branch: Option<String>,
+    /// Where a new branch starts (default HEAD).
+    #[arg(long)]
+    pub(crate) base: Option<String>,
+    /// Do not create a database.
+    #[arg(long)]
+    pub(crate) no_db: bool,
+    /// Port names to lease (repeatable); default from isolane.toml.
+    #[arg(long = "port", value_name = "NAME")]
+    pub(crate) ports: Vec<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The worktree id.
+    pub(crate) id: String,
+    /// Do not start the configured services.
+    #[arg(long)]
+    pub(crate) no_services: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub(crate) command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RemoveArgs {
+    /// The worktree id.
+    pub(crate) id: String,
+    /// Remove even with uncommitted or unpushed work.
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// Keep the worktree's branch.
+    #[arg(long)]
+    pub(crate) keep_branch: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GcArgs {
+    /// Remove worktrees older than this (default from isolane.toml, 24h).
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) max_age: Option<Duration>,
+    /// Only worktrees whose purpose starts with this (default "test-").
+    #[arg(long)]
+    pub(crate) purpose_prefix: Option<String>,
+    /// Report what would be done without doing it.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PortsCommand {
+    /// Every lease on this host (the default).
+    List,
+    /// Release the ports of a worktree (or any lease owner).
+    Release {
+        /// The owner (a worktree id).
+        owner: String,
+    },
+    /// Free the leases of dead processes and expired TTLs.
+    Reclaim,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DbCommand {
+    /// Drop and recreate a worktree's database from the template.
+    Reset {
+        /// The worktree id.
+        id: String,
+    },
+    /// Migrate a database up or down to a version.
+    Migrate(MigrateArgs),
+    /// Verify that every migration's down undoes its up.
+    CheckRollback(CheckRollbackArgs),
+    /// Databases created by isolane on the server.
+    List {
+        /// Only ours that no worktree of this repository refers to.
+        #[arg(long)]
+        orphans: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop databases that carry isolane's owner record.
+    Clean {
+        /// Only names starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Report what would be dropped.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MigrateArgs {
+    /// The worktree whose database to migrate.
+    #[arg(conflicts_with = "url", required_unless_present = "url")]
+    pub(crate) id: Option<String>,
+    /// A database URL instead of a worktree.
+    #[arg(long)]
+    pub(crate) url: Option<String>,
+    /// The migrations directory (default from isolane.toml).
+    #[arg(long)]
+    pub(crate) dir: Option<PathBuf>,
+    /// The target: a version, `latest` or `none`.
+    #[arg(long)]
+    pub(crate) to: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CheckRollbackArgs {
+    /// The admin URL of the server to use (default: configured or embedded).
+    #[arg(long)]
+    pub(crate) url: Option<String>,
+    /// The migrations directory (default from isolane.toml).
+    #[arg(long)]
+    pub(crate) dir: Option<PathBuf>,
+    /// The first version to check.
+    #[arg(long)]
+    pub(crate) from: Option<String>,
+    /// The last version to check.
+    #[arg(long)]
+    pub(crate) to: Option<String>,
+    /// Treat notes (column order, whitespace) as failures.
+    #[arg(long)]
+    pub(crate) strict: bool,
+    /// Print the JSON report.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum EnvFormat {
+    /// KEY=VALUE lines.
+    Dotenv,
+    /// export KEY='VALUE' lines, for eval.
+    Shell,
+    /// A JSON object.
+    Json,
+}
+
+fn parse_duration(raw: &str) -> Result<Duration, String> {
+    humantime::parse_duration(raw)
+        .map_err(|e| format!("{raw:?} is not a duration like 30m or 24h: {e}"))
+}

@@ -1,0 +1,269 @@
+//! `isolane db ...`: reset, migrate, check-rollback, list, clean.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use super::{InputError, print_json, progress};
+use crate::cli::{CheckRollbackArgs, DbCommand, MigrateArgs};
+use crate::config::Config;
+use crate::context::{Repo, load_migrations, open_server};
+
+pub(super) fn run(command: DbCommand) -> Result<ExitCode> {
+    match command {
+        DbCommand::Reset { id } => reset(&id),
+        DbCommand::Migrate(args) => migrate(&args),
+        DbCommand::CheckRollback(args) => check_rollback(&args),
+        DbCommand::List { orphans, json } => list(orphans, json),
+        DbCommand::Clean { prefix, dry_run } => clean(prefix.as_deref(), dry_run),
+    }
+}
+
+fn reset(id: &str) -> Result<ExitCode> {
+    let repo = Repo::discover()?;
+    let entry = repo.entry(id)?;
+    let database = entry.database.as_deref().ok_or_else(|| {
+        InputError(format!(
+            "worktree {id} has no database (created with --no-db?)"
+        ))
+    })?;
+    let server = repo.server()?;
+    let template = repo
+        .migrations()?
+        .map(|m| m.template(&server))
+        .transpose()?;
+    server.reset_database(database, template.as_ref().map(pg_isolate::Template::name))?;
+    println!("reset {database}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The repository, when the current directory is inside one.
+fn repo_if_any() -> Option<Repo> {
+    Repo::discover().ok()
+}
+
+/// `--dir`, else the configured migrations directory.
+fn migrations_dir(dir: Option<&Path>, repo: Option<&Repo>) -> Result<PathBuf> {
+    if let Some(dir) = dir {
+        return Ok(dir.to_owned());
+    }
+    repo.and_then(|r| {
+        r.config
+            .database
+            .migrations
+            .as_ref()
+            .map(|m| r.root.join(m))
+    })
+    .ok_or_else(|| {
+        InputError(
+            "no migrations directory: pass --dir or set database.migrations in isolane.toml"
+                .to_owned(),
+        )
+        .into()
+    })
+}
+
+fn migrate(args: &MigrateArgs) -> Result<ExitCode> {
+    let repo = repo_if_any();
+    let config = repo.as_ref().map(|r| r.config.clone()).unwrap_or_default();
+    let migrations = load_migrations(
+        &migrations_dir(args.dir.as_deref(), repo.as_ref())?,
+        &config,
+    )?;
+    let target = match args.to.as_str() {
+        "latest" => pg_isolate::Target::Latest,
+        "none" => pg_isolate::Target::None,
+        version => {
+            if migrations.find(version).is_none() {
+                return Err(InputError(format!(
+                    "--to {version}: no such migration in {} (or use latest / none)",
+                    migrations.dir().display()
+                ))
+                .into());
+            }
+            pg_isolate::Target::Version(version.to_owned())
+        }
+    };
+    let mut client = match (&args.id, &args.url) {
+        (Some(id), _) => {
+            let repo = repo
+                .as_ref()
+                .context("a worktree id needs a git repository")?;
+            let entry = repo.entry(id)?;
+            let database = entry
+                .database
+                .as_deref()
+                .ok_or_else(|| InputError(format!("worktree {id} has no database")))?;
+            repo.server()?.client(database)?
+        }
+        (None, Some(url)) => postgres::Client::connect(url, postgres::NoTls).map_err(|e| {
+            anyhow::anyhow!("cannot connect to {}: {e}", pg_isolate::redact_url(url))
+        })?,
+        (None, None) => unreachable!("clap requires an id or --url"),
+    };
+    let report = migrations.migrate(&mut client, target, |p| {
+        if let pg_isolate::Phase::Finished { elapsed } = p.phase {
+            progress(format_args!(
+                "[{}/{}] {:?} {} {} ({} ms)",
+                p.step,
+                p.steps,
+                p.direction,
+                p.migration.version(),
+                p.migration.name(),
+                elapsed.as_millis()
+            ));
+        }
+    })?;
+    println!("{report:?}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_rollback(args: &CheckRollbackArgs) -> Result<ExitCode> {
+    let repo = repo_if_any();
+    let config = repo.as_ref().map(|r| r.config.clone()).unwrap_or_default();
+    let migrations = load_migrations(
+        &migrations_dir(args.dir.as_deref(), repo.as_ref())?,
+        &config,
+    )?;
+    progress(format_args!(
+        "checking the rollback of {} migrations in {}",
+        migrations.len(),
+        migrations.dir().display()
+    ));
+    let server = open_server(&config, args.url.as_deref())?;
+    let mut options = pg_isolate::RollbackOptions::default();
+    options.from = args.from.clone();
+    options.to = args.to.clone();
+    options.strict = args.strict;
+    let report = pg_isolate::verify_rollbacks(&server, &migrations, &options)?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        for entry in &report.migrations {
+            let status = serde_json::to_value(entry.status)?;
+            println!(
+                "{:<20} {:<40} {}",
+                entry.version,
+                entry.name,
+                status.as_str().unwrap_or("?")
+            );
+            if let Some(error) = &entry.error {
+                println!("    error: {}", serde_json::to_string(error)?);
+            }
+            for difference in &entry.differences {
+                println!("    differs: {}", serde_json::to_string(difference)?);
+            }
+            for note in &entry.notes {
+                println!("    note: {}", serde_json::to_string(note)?);
+            }
+        }
+        println!("{}", report.summary_line());
+    }
+    Ok(if report.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct DatabaseRow {
+    name: String,
+    kind: String,
+    label: Option<String>,
+    /// The worktree it belongs to, for this repository's databases.
+    worktree: Option<String>,
+    created: u64,
+    is_template: bool,
+}
+
+fn ours(repo: Option<&Repo>, config: &Config) -> Result<(pg_isolate::Server, Vec<DatabaseRow>)> {
+    let server = open_server(config, None)?;
+    let rows = server
+        .list_databases()?
+        .into_iter()
+        .filter_map(|db| {
+            let owner = db.owner?;
+            let worktree = owner
+                .label
+                .as_deref()
+                .and_then(|label| repo.and_then(|r| r.id_of_owner(label)))
+                .map(str::to_owned);
+            Some(DatabaseRow {
+                name: db.name,
+                kind: format!("{:?}", owner.kind).to_lowercase(),
+                label: owner.label,
+                worktree,
+                created: owner.created,
+                is_template: db.is_template,
+            })
+        })
+        .collect();
+    Ok((server, rows))
+}
+
+fn list(orphans: bool, json: bool) -> Result<ExitCode> {
+    let repo = repo_if_any();
+    let config = repo.as_ref().map(|r| r.config.clone()).unwrap_or_default();
+    let (_server, mut rows) = ours(repo.as_ref(), &config)?;
+    if orphans {
+        let repo = repo.as_ref().context("--orphans needs a git repository")?;
+        let known: BTreeSet<String> = repo.registry.read()?.entries.into_keys().collect();
+        rows.retain(|row| row.worktree.as_ref().is_some_and(|id| !known.contains(id)));
+    }
+    if json {
+        print_json(&rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for row in &rows {
+        println!(
+            "{:<50} {:<9} {}",
+            row.name,
+            row.kind,
+            row.worktree
+                .as_deref()
+                .or(row.label.as_deref())
+                .unwrap_or("-")
+        );
+    }
+    println!("{} database(s)", rows.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Drops this repository's databases (our owner record, the prefix) that no
+/// registry entry refers to any more. Databases of live worktrees go with
+/// `isolane remove`; per-test databases, templates and pool clones belong
+/// to pg-isolate, whose own gc reclaims them.
+fn clean(prefix: Option<&str>, dry_run: bool) -> Result<ExitCode> {
+    let repo = Repo::discover()?;
+    let prefix = prefix.unwrap_or(&repo.config.database.prefix);
+    let (server, rows) = ours(Some(&repo), &repo.config)?;
+    let in_use: BTreeSet<String> = repo
+        .registry
+        .read()?
+        .entries
+        .into_values()
+        .filter_map(|e| e.database)
+        .collect();
+    let mut count = 0;
+    for row in rows
+        .iter()
+        .filter(|r| r.worktree.is_some() && r.name.starts_with(prefix) && !in_use.contains(&r.name))
+    {
+        if dry_run {
+            println!("would drop {}", row.name);
+        } else {
+            server.drop_database(&row.name)?;
+            println!("dropped {}", row.name);
+        }
+        count += 1;
+    }
+    println!(
+        "{count} database(s) {}",
+        if dry_run { "to drop" } else { "dropped" }
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,172 @@
+//! `isolane gc`: finish interrupted creates and removes, remove test
+//! worktrees past their age (never one in use, dirty or unmerged), and
+//! reclaim the port leases of dead processes.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::info::statuses;
+use super::remove::{Teardown, teardown};
+use super::{age, print_json, progress};
+use crate::cli::GcArgs;
+use crate::context::Repo;
+use crate::state::Phase;
+
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    /// Interrupted creates rolled back and interrupted removes finished.
+    finished: Vec<String>,
+    /// Old worktrees removed.
+    removed: Vec<String>,
+    /// Old worktrees kept, and why.
+    skipped: Vec<Skipped>,
+    /// Port leases of dead processes freed (host-wide).
+    reclaimed_ports: Vec<u16>,
+    /// Operations that failed (the rest went on).
+    errors: Vec<String>,
+    dry_run: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Skipped {
+    id: String,
+    reason: String,
+}
+
+pub(super) fn run(args: &GcArgs) -> Result<ExitCode> {
+    let repo = Repo::discover()?;
+    let max_age = args.max_age.unwrap_or(repo.config.gc.max_age).as_secs();
+    let prefix = args
+        .purpose_prefix
+        .clone()
+        .unwrap_or_else(|| repo.config.gc.purpose_prefix.clone());
+    let mut report = Report {
+        dry_run: args.dry_run,
+        ..Report::default()
+    };
+
+    let doc = repo.registry.read()?;
+    for entry in doc.entries.values().filter(|e| e.is_abandoned()) {
+        if !args.dry_run {
+            let how = match entry.phase {
+                Phase::Creating => Teardown::rollback(),
+                _ => Teardown {
+                    force: false,
+                    keep_branch: false,
+                    hooks: false,
+                },
+            };
+            progress(format_args!(
+                "finishing the interrupted {} of {}",
+                phase_verb(entry.phase),
+                entry.id
+            ));
+            if let Err(error) = teardown(&repo, entry, how) {
+                report.errors.push(format!("{}: {error:#}", entry.id));
+                continue;
+            }
+        }
+        report.finished.push(entry.id.clone());
+    }
+
+    for status in statuses(&repo)? {
+        let Some(entry) = doc.entries.get(&status.id) else {
+            continue;
+        };
+        if entry.phase != Phase::Ready
+            || !entry.purpose.starts_with(&prefix)
+            || status.age_seconds < max_age
+        {
+            continue;
+        }
+        let reason = if let Some(lock) = &status.locked {
+            Some(format!("in use ({lock})"))
+        } else if !status.dirty_files.is_empty() {
+            Some(format!("dirty: {}", status.dirty_files.join(", ")))
+        } else if !status.unmerged_commits.is_empty() {
+            Some(format!(
+                "{} unmerged commit(s)",
+                status.unmerged_commits.len()
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            report.skipped.push(Skipped {
+                id: status.id,
+                reason,
+            });
+            continue;
+        }
+        if !args.dry_run {
+            progress(format_args!(
+                "removing {} (age {})",
+                status.id,
+                age(status.age_seconds)
+            ));
+            let how = Teardown {
+                force: false,
+                keep_branch: false,
+                hooks: true,
+            };
+            if let Err(error) = teardown(&repo, entry, how) {
+                report.errors.push(format!("{}: {error:#}", status.id));
+                continue;
+            }
+        }
+        report.removed.push(status.id);
+    }
+
+    if !args.dry_run {
+        for reclaimed in repo.ports()?.reclaim()? {
+            report.reclaimed_ports.extend(reclaimed.ports.values());
+        }
+    }
+
+    if args.json {
+        print_json(&report)?;
+    } else {
+        let verb = if args.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        for id in &report.finished {
+            println!("finished interrupted operation: {id}");
+        }
+        for id in &report.removed {
+            println!("{verb}: {id}");
+        }
+        for skipped in &report.skipped {
+            println!("kept: {} ({})", skipped.id, skipped.reason);
+        }
+        if !report.reclaimed_ports.is_empty() {
+            println!("reclaimed ports: {:?}", report.reclaimed_ports);
+        }
+        for error in &report.errors {
+            println!("failed: {error}");
+        }
+        println!(
+            "gc: {} removed, {} finished, {} kept, {} failed",
+            report.removed.len(),
+            report.finished.len(),
+            report.skipped.len(),
+            report.errors.len()
+        );
+    }
+    Ok(if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn phase_verb(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Creating => "create",
+        Phase::Removing => "remove",
+        Phase::Ready => "operation",
+    }
+}

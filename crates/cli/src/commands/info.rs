@@ -1,0 +1,171 @@
+//! `isolane list`, `show` and `env`: the registry, reconciled with what is
+//! really on disk.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::{age, print_json};
+use crate::cli::EnvFormat;
+use crate::context::Repo;
+use crate::envfile;
+use crate::state::{Entry, Phase, now};
+
+/// One worktree as `list` and `show` report it.
+#[derive(Debug, Serialize)]
+pub(crate) struct Status {
+    pub(crate) id: String,
+    /// ready, creating, removing, interrupted-create, interrupted-remove,
+    /// missing-directory, dirty, in-use.
+    pub(crate) state: String,
+    pub(crate) path: PathBuf,
+    pub(crate) branch: Option<String>,
+    pub(crate) age_seconds: u64,
+    pub(crate) ports: BTreeMap<String, u16>,
+    pub(crate) database: Option<String>,
+    pub(crate) dirty_files: Vec<String>,
+    pub(crate) unmerged_commits: Vec<String>,
+    pub(crate) locked: Option<String>,
+}
+
+/// Reconciles every registry entry with git's view of the worktrees.
+pub(crate) fn statuses(repo: &Repo) -> Result<Vec<Status>> {
+    let doc = repo.registry.read()?;
+    let infos = repo.worktrees.list()?;
+    let now = now();
+    Ok(doc
+        .entries
+        .values()
+        .map(|entry| {
+            let info = infos.iter().find(|i| i.managed && i.id == entry.id);
+            status(entry, info, now)
+        })
+        .collect())
+}
+
+fn status(entry: &Entry, info: Option<&worktree_core::WorktreeInfo>, now: u64) -> Status {
+    let locked = info
+        .and_then(|i| i.lock.as_ref())
+        .filter(|lock| lock.owner_alive)
+        .map(|lock| lock.reason.clone());
+    let dirty_files = info.map(|i| i.dirty_files.clone()).unwrap_or_default();
+    let state = match entry.phase {
+        Phase::Creating if entry.is_abandoned() => "interrupted-create",
+        Phase::Removing if entry.is_abandoned() => "interrupted-remove",
+        Phase::Creating => "creating",
+        Phase::Removing => "removing",
+        Phase::Ready if !entry.path.is_dir() => "missing-directory",
+        Phase::Ready if locked.is_some() => "in-use",
+        Phase::Ready if !dirty_files.is_empty() => "dirty",
+        Phase::Ready => "ready",
+    };
+    Status {
+        id: entry.id.clone(),
+        state: state.to_owned(),
+        path: entry.path.clone(),
+        branch: entry.branch.clone(),
+        age_seconds: now.saturating_sub(entry.created),
+        ports: entry.ports.clone(),
+        database: entry.database.clone(),
+        dirty_files,
+        unmerged_commits: info.map(|i| i.unmerged_commits.clone()).unwrap_or_default(),
+        locked,
+    }
+}
+
+pub(super) fn list(json: bool) -> Result<ExitCode> {
+    let repo = Repo::discover()?;
+    let statuses = statuses(&repo)?;
+    if json {
+        print_json(&statuses)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if statuses.is_empty() {
+        println!("no test worktrees (isolane create --purpose test-... --identifier ...)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<32} {:<19} {:>7}  {:<24} {:<28} BRANCH",
+        "ID", "STATE", "AGE", "PORTS", "DATABASE"
+    );
+    for s in &statuses {
+        let ports: Vec<String> = s.ports.values().map(u16::to_string).collect();
+        println!(
+            "{:<32} {:<19} {:>7}  {:<24} {:<28} {}",
+            s.id,
+            s.state,
+            age(s.age_seconds),
+            ports.join(","),
+            s.database.as_deref().unwrap_or("-"),
+            s.branch.as_deref().unwrap_or("(detached)")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn show(id: &str, json: bool) -> Result<ExitCode> {
+    let repo = Repo::discover()?;
+    repo.entry(id)?;
+    let status = statuses(&repo)?
+        .into_iter()
+        .find(|s| s.id == id)
+        .expect("the entry was just read from the registry");
+    if json {
+        print_json(&status)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{}", status.id);
+    println!("  state     {}", status.state);
+    println!("  path      {}", status.path.display());
+    println!(
+        "  branch    {}",
+        status.branch.as_deref().unwrap_or("(detached)")
+    );
+    println!("  age       {}", age(status.age_seconds));
+    for (name, port) in &status.ports {
+        println!("  {name:<9} {port}");
+    }
+    println!(
+        "  database  {}",
+        status.database.as_deref().unwrap_or("(none)")
+    );
+    if let Some(reason) = &status.locked {
+        println!("  locked    {reason}");
+    }
+    for file in &status.dirty_files {
+        println!("  dirty     {file}");
+    }
+    for commit in &status.unmerged_commits {
+        println!("  unmerged  {commit}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The environment of worktree `id`, as its tests see it.
+pub(crate) fn environment(repo: &Repo, id: &str) -> Result<BTreeMap<String, String>> {
+    let entry = repo.entry(id)?;
+    let url = match &entry.database {
+        Some(database) => Some(database_url(repo, database)?),
+        None => None,
+    };
+    Ok(envfile::environment(&entry, url.as_deref()))
+}
+
+/// The URL of one of our databases on the configured server.
+fn database_url(repo: &Repo, database: &str) -> Result<String> {
+    Ok(repo.server()?.url(database))
+}
+
+pub(super) fn env(id: &str, format: EnvFormat) -> Result<ExitCode> {
+    let repo = Repo::discover()?;
+    let env = environment(&repo, id)?;
+    match format {
+        EnvFormat::Dotenv => print!("{}", envfile::dotenv(&env)),
+        EnvFormat::Shell => print!("{}", envfile::shell(&env)),
+        EnvFormat::Json => print_json(&env)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

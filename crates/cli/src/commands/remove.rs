@@ -1,0 +1,139 @@
+//! `isolane remove`, and the teardown that remove, gc, doctor and a failed
+//! create share: every step idempotent, the intent recorded first.
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use super::create::record;
+use super::{print_json, progress};
+use crate::cli::RemoveArgs;
+use crate::context::Repo;
+use crate::envfile;
+use crate::state::{Entry, Phase};
+
+/// How far a teardown may go.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Teardown {
+    /// Remove even with uncommitted or unmerged work, or a live lock.
+    pub(crate) force: bool,
+    /// Keep the branch even if isolane created it.
+    pub(crate) keep_branch: bool,
+    /// Run the `pre_remove` hooks first.
+    pub(crate) hooks: bool,
+}
+
+impl Teardown {
+    /// Undoing an unfinished create: the user never had the worktree, so
+    /// nothing in it is theirs.
+    pub(crate) fn rollback() -> Self {
+        Self {
+            force: true,
+            keep_branch: false,
+            hooks: false,
+        }
+    }
+}
+
+/// What a teardown did.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct TornDown {
+    pub(crate) id: String,
+    pub(crate) worktree_removed: bool,
+    pub(crate) branch_deleted: Option<String>,
+    pub(crate) database_dropped: Option<String>,
+    pub(crate) ports_released: Vec<u16>,
+}
+
+pub(super) fn run(args: &RemoveArgs) -> Result<ExitCode> {
+    let repo = Repo::discover()?;
+    let entry = repo.entry(&args.id)?;
+    let done = teardown(
+        &repo,
+        &entry,
+        Teardown {
+            force: args.force,
+            keep_branch: args.keep_branch,
+            hooks: true,
+        },
+    )?;
+    if args.json {
+        print_json(&done)?;
+    } else {
+        println!("removed {}", done.id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Removes the worktree, then its database, then its ports, then the
+/// registry entry. The worktree goes first because it is the step that may
+/// refuse (work at stake): nothing else is touched until it is gone.
+pub(crate) fn teardown(repo: &Repo, entry: &Entry, how: Teardown) -> Result<TornDown> {
+    let id = entry.id.as_str();
+    let previous = entry.phase;
+    record(repo, id, |e| {
+        e.phase = Phase::Removing;
+        e.actor = registry::ProcessIdentity::current();
+    })?;
+    crate::fault::point("remove.after_intent");
+    let mut done = TornDown {
+        id: id.to_owned(),
+        ..TornDown::default()
+    };
+
+    if how.hooks && previous == Phase::Ready && entry.path.is_dir() {
+        let env = envfile::environment(entry, None);
+        for hook in &repo.config.hooks.pre_remove {
+            super::create::run_hook(hook, &entry.path, &env)?;
+        }
+    }
+
+    let options = worktree_core::RemoveOptions {
+        force: how.force,
+        delete_branch: entry.branch_created && !how.keep_branch,
+    };
+    match repo.worktrees.remove(id, options) {
+        Ok(removed) => {
+            progress(format_args!("removed worktree {}", removed.path.display()));
+            done.worktree_removed = true;
+            done.branch_deleted = removed.branch_deleted;
+        }
+        Err(worktree_core::Error::NotFound { .. }) => {}
+        Err(refused) => {
+            // Nothing was removed: the entry is as usable as before.
+            if previous == Phase::Ready {
+                record(repo, id, |e| e.phase = Phase::Ready)?;
+            }
+            return Err(anyhow::Error::from(refused).context(format!(
+                "worktree {id} was kept, with its database and ports (use --force to remove it anyway)"
+            )));
+        }
+    }
+    crate::fault::point("remove.after_worktree");
+
+    if let Some(database) = &entry.database {
+        let server = repo.server()?;
+        match server.drop_database(database) {
+            Ok(()) => {
+                progress(format_args!("dropped database {database}"));
+                done.database_dropped = Some(database.clone());
+            }
+            Err(pg_isolate::Error::DatabaseNotFound { .. }) => {}
+            Err(error) => {
+                return Err(error)
+                    .with_context(|| format!("cannot drop database {database} of {id}"));
+            }
+        }
+    }
+    crate::fault::point("remove.after_database");
+
+    done.ports_released = repo.ports()?.release_owner(&repo.owner(id))?;
+    crate::fault::point("remove.after_ports");
+
+    repo.registry.update(|doc| {
+        doc.entries.remove(id);
+        Ok::<_, registry::Error>(())
+    })?;
+    Ok(done)
+}

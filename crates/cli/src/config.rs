@@ -1,0 +1,450 @@
+//! `isolane.toml`: the project configuration, all of it optional.
+//!
+//! Unknown keys and bad values are errors that name the key and the line:
+//! validation happens inside deserialization, so the `toml` crate attaches
+//! the position of the offending value to every message.
+
+use std::collections::BTreeSet;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, de::Error as _};
+
+/// The file name looked up at the repository root.
+pub(crate) const FILE_NAME: &str = "isolane.toml";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Config {
+    #[serde(deserialize_with = "relative_dir")]
+    pub(crate) worktrees_dir: PathBuf,
+    #[serde(deserialize_with = "file_name")]
+    pub(crate) env_file: String,
+    #[serde(deserialize_with = "file_name")]
+    pub(crate) metadata_file: String,
+    pub(crate) ports: Ports,
+    pub(crate) database: Database,
+    #[serde(deserialize_with = "services")]
+    pub(crate) services: Vec<Service>,
+    pub(crate) hooks: Hooks,
+    pub(crate) gc: Gc,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            worktrees_dir: PathBuf::from("worktrees"),
+            env_file: ".env.test".to_owned(),
+            metadata_file: ".worktree-metadata.json".to_owned(),
+            ports: Ports::default(),
+            database: Database::default(),
+            services: Vec::new(),
+            hooks: Hooks::default(),
+            gc: Gc::default(),
+        }
+    }
+}
+
+/// `[ports]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Ports {
+    #[serde(deserialize_with = "port_names")]
+    pub(crate) names: Vec<String>,
+    #[serde(deserialize_with = "port_range")]
+    pub(crate) range: Option<(u16, u16)>,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Self {
+            names: vec!["APP_PORT".to_owned(), "API_PORT".to_owned()],
+            range: None,
+        }
+    }
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Database {
+    pub(crate) enabled: bool,
+    pub(crate) url: Option<String>,
+    #[serde(deserialize_with = "prefix")]
+    pub(crate) prefix: String,
+    pub(crate) migrations: Option<PathBuf>,
+    pub(crate) format: MigrationFormat,
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            url: None,
+            prefix: "testdb_".to_owned(),
+            migrations: None,
+            format: MigrationFormat::Auto,
+        }
+    }
+}
+
+/// `database.format`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum MigrationFormat {
+    #[default]
+    Auto,
+    Diesel,
+    Sqlx,
+}
+
+/// One `[[services]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Service {
+    pub(crate) name: String,
+    pub(crate) command: String,
+    /// A port name to wait for, or a command that must succeed.
+    pub(crate) ready: Option<String>,
+    #[serde(default = "default_service_timeout", deserialize_with = "duration")]
+    pub(crate) timeout: Duration,
+}
+
+fn default_service_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `[hooks]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Hooks {
+    pub(crate) post_create: Vec<String>,
+    pub(crate) pre_remove: Vec<String>,
+}
+
+/// `[gc]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Gc {
+    pub(crate) purpose_prefix: String,
+    #[serde(deserialize_with = "duration")]
+    pub(crate) max_age: Duration,
+}
+
+impl Default for Gc {
+    fn default() -> Self {
+        Self {
+            purpose_prefix: "test-".to_owned(),
+            max_age: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum ConfigError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Loads `isolane.toml` from `root`, or the defaults when it is absent.
+    pub(crate) fn load(root: &Path) -> Result<Self, ConfigError> {
+        let path = root.join(FILE_NAME);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                Self::parse(&text).map_err(|message| ConfigError::Invalid { path, message })
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+
+    /// Parses the text of a configuration file.
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        let config: Self =
+            toml::from_str(text).map_err(|error| error.to_string().trim_end().to_owned())?;
+        if let Some(service) = config.services.iter().find(|s| {
+            s.ready.as_deref().is_some_and(|ready| {
+                looks_like_port_name(ready) && !config.ports.names.iter().any(|n| n == ready)
+            })
+        }) {
+            return Err(format!(
+                "services.{}.ready names port {:?}, which is not in ports.names ({})",
+                service.name,
+                service.ready.as_deref().unwrap_or_default(),
+                config.ports.names.join(", ")
+            ));
+        }
+        Ok(config)
+    }
+}
+
+/// A `ready` value of upper-case letters, digits and `_` is a port name;
+/// anything else is a command.
+pub(crate) fn looks_like_port_name(value: &str) -> bool {
+    !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        && !value.starts_with(|c: char| c.is_ascii_digit())
+}
+
+fn relative_dir<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathBuf, D::Error> {
+    let raw = String::deserialize(deserializer)?;
+    let path = PathBuf::from(&raw);
+    let inside = !raw.is_empty()
+        && path
+            .components()
+            .all(|component| matches!(component, Component::Normal(_) | Component::CurDir));
+    if !inside {
+        return Err(D::Error::custom(format!(
+            "{raw:?} must be a relative directory inside the repository (no `..`, not absolute)"
+        )));
+    }
+    Ok(path)
+}
+
+fn file_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let raw = String::deserialize(deserializer)?;
+    if raw.is_empty() || raw == "." || raw == ".." || raw.contains('/') || raw.contains('\0') {
+        return Err(D::Error::custom(format!(
+            "{raw:?} must be a plain file name"
+        )));
+    }
+    Ok(raw)
+}
+
+fn port_names<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    let names = Vec::<String>::deserialize(deserializer)?;
+    let mut seen = BTreeSet::new();
+    for name in &names {
+        if !looks_like_port_name(name) {
+            return Err(D::Error::custom(format!(
+                "port name {name:?} must be an environment variable name (A-Z, 0-9, _)"
+            )));
+        }
+        if !seen.insert(name) {
+            return Err(D::Error::custom(format!(
+                "port name {name:?} is listed twice"
+            )));
+        }
+    }
+    Ok(names)
+}
+
+fn port_range<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<(u16, u16)>, D::Error> {
+    let bounds = Vec::<i64>::deserialize(deserializer)?;
+    let [low, high] = bounds[..] else {
+        return Err(D::Error::custom("the range must be two ports, [low, high]"));
+    };
+    let port = |value: i64| {
+        u16::try_from(value)
+            .ok()
+            .filter(|&p| p >= 1024)
+            .ok_or_else(|| {
+                D::Error::custom(format!("{value} is not a port between 1024 and 65535"))
+            })
+    };
+    let (low, high) = (port(low)?, port(high)?);
+    if low > high {
+        return Err(D::Error::custom(format!(
+            "the range [{low}, {high}] is inverted"
+        )));
+    }
+    Ok(Some((low, high)))
+}
+
+fn prefix<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let raw = String::deserialize(deserializer)?;
+    let valid = !raw.is_empty()
+        && raw.len() <= 20
+        && raw.starts_with(|c: char| c.is_ascii_lowercase())
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !valid {
+        return Err(D::Error::custom(format!(
+            "database prefix {raw:?} must be 1-20 characters of a-z, 0-9 and _, starting with a letter"
+        )));
+    }
+    Ok(raw)
+}
+
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let raw = String::deserialize(deserializer)?;
+    humantime::parse_duration(&raw).map_err(|error| {
+        D::Error::custom(format!(
+            "{raw:?} is not a duration like \"30s\" or \"24h\": {error}"
+        ))
+    })
+}
+
+fn services<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Service>, D::Error> {
+    let services = Vec::<Service>::deserialize(deserializer)?;
+    let mut seen = BTreeSet::new();
+    for service in &services {
+        let valid = !service.name.is_empty()
+            && service
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            return Err(D::Error::custom(format!(
+                "service name {:?} must be letters, digits, - and _",
+                service.name
+            )));
+        }
+        if !seen.insert(&service.name) {
+            return Err(D::Error::custom(format!(
+                "service {:?} is defined twice",
+                service.name
+            )));
+        }
+        if service.command.trim().is_empty() {
+            return Err(D::Error::custom(format!(
+                "service {:?} has an empty command",
+                service.name
+            )));
+        }
+    }
+    Ok(services)
+}
+
+/// The commented configuration `isolane init` writes.
+pub(crate) const TEMPLATE: &str = r#"# isolane.toml — every key is optional; the values shown are the defaults.
+
+# Where test worktrees go, relative to the repository root.
+worktrees_dir = "worktrees"
+# Written into each worktree: KEY=VALUE lines (`export $(cat .env.test | xargs)`).
+env_file = ".env.test"
+# Written into each worktree for test code to read (database, ports, ...).
+metadata_file = ".worktree-metadata.json"
+
+[ports]
+# One port per name is leased for each worktree, unique on this host.
+names = ["APP_PORT", "API_PORT"]
+# range = [20000, 29999]   # default: a range outside the kernel's ephemeral ports
+
+[database]
+enabled = true
+# url = "postgres://user:pass@host:5432/postgres"  # absent: the embedded server
+prefix = "testdb_"
+# migrations = "migrations"                        # absent: an empty database
+format = "auto"                                    # auto | diesel | sqlx
+
+# [[services]]
+# name = "app"
+# command = "python -m http.server $APP_PORT"
+# ready = "APP_PORT"        # a port name to wait for, or a command that must succeed
+# timeout = "30s"
+
+[hooks]
+post_create = []           # e.g. ["python -m venv .venv"]
+pre_remove = []
+
+[gc]
+purpose_prefix = "test-"
+max_age = "24h"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_template_parses_to_the_defaults() -> Result<(), String> {
+        let parsed = Config::parse(TEMPLATE)?;
+        let defaults = Config::default();
+        assert_eq!(parsed.worktrees_dir, defaults.worktrees_dir);
+        assert_eq!(parsed.ports.names, defaults.ports.names);
+        assert_eq!(parsed.gc.max_age, defaults.gc.max_age);
+        assert_eq!(parsed.database.prefix, defaults.database.prefix);
+        Ok(())
+    }
+
+    #[test]
+    fn the_issue_example_parses() -> Result<(), String> {
+        let config = Config::parse(
+            r#"
+worktrees_dir = "worktrees"
+[ports]
+names = ["APP_PORT", "API_PORT"]
+range = [20000, 29999]
+[database]
+enabled = true
+url = "postgres://user:pass@host:5432/postgres"
+prefix = "testdb_"
+migrations = "migrations"
+format = "auto"
+[[services]]
+name = "app"
+command = "python -m http.server $APP_PORT"
+ready = "APP_PORT"
+timeout = "30s"
+[hooks]
+post_create = ["python -m venv .venv"]
+pre_remove = []
+[gc]
+purpose_prefix = "test-"
+max_age = "24h"
+"#,
+        )?;
+        assert_eq!(config.ports.range, Some((20000, 29999)));
+        assert_eq!(config.services[0].timeout, Duration::from_secs(30));
+        Ok(())
+    }
+
+    #[test]
+    fn bad_input_names_the_key_and_the_line() {
+        let cases = [
+            ("colour = 1\n", "unknown field `colour`", 1),
+            (
+                "[ports]\nnames = [\"APP_PORT\"]\nrange = [30000, 20000]\n",
+                "inverted",
+                3,
+            ),
+            ("[ports]\nrange = [80, 90]\n", "between 1024", 2),
+            (
+                "[ports]\nnames = [\"app port\"]\n",
+                "environment variable",
+                2,
+            ),
+            ("[ports]\nnames = [\"A\", \"A\"]\n", "twice", 2),
+            (
+                "worktrees_dir = \"../outside\"\n",
+                "inside the repository",
+                1,
+            ),
+            ("env_file = \"a/b\"\n", "plain file name", 1),
+            ("[gc]\nmax_age = \"soon\"\n", "duration", 2),
+            ("[database]\nprefix = \"Bad;\"\n", "prefix", 2),
+            ("[database]\nformat = \"flyway\"\n", "unknown variant", 2),
+            ("[database]\nenabled = \"yes\"\n", "invalid type", 2),
+        ];
+        for (text, needle, line) in cases {
+            let message = Config::parse(text).expect_err(text);
+            assert!(message.contains(needle), "{text:?}: {message}");
+            assert!(
+                message.contains(&format!("line {line}")),
+                "{text:?}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_ready_port_must_be_one_of_the_names() {
+        let message =
+            Config::parse("[[services]]\nname = \"app\"\ncommand = \"x\"\nready = \"WEB_PORT\"\n")
+                .expect_err("WEB_PORT is not leased");
+        assert!(message.contains("WEB_PORT"), "{message}");
+    }
+}

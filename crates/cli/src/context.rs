@@ -1,0 +1,136 @@
+//! What every repository command needs: the repository, its configuration,
+//! its registry, and handles on the libraries, opened lazily.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::state::{self, Entry, Worktrees as RegistryDoc};
+
+/// One repository, as seen from the current directory.
+pub(crate) struct Repo {
+    /// The main worktree's root (where `isolane.toml` lives).
+    pub(crate) root: PathBuf,
+    pub(crate) config: Config,
+    pub(crate) registry: registry::Store<RegistryDoc>,
+    pub(crate) worktrees: worktree_core::Worktrees,
+    /// `isolane-<hash of the git common dir>-`: what this repository's port
+    /// lease owners and database labels start with. Ids are unique within
+    /// a repository only; this makes them unique on the host.
+    pub(crate) owner_prefix: String,
+}
+
+impl Repo {
+    /// Finds the repository containing the current directory (from any of
+    /// its worktrees) and loads its configuration and registry.
+    pub(crate) fn discover() -> Result<Self> {
+        let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        let paths = worktree_core::discover(&cwd)?;
+        let root = paths.main_root.clone().with_context(|| {
+            format!(
+                "{} is a bare repository; isolane needs a main worktree",
+                paths.common_dir.display()
+            )
+        })?;
+        let config = Config::load(&root)?;
+        let worktrees = worktree_core::Worktrees::open(
+            &root,
+            worktree_core::Options {
+                worktrees_dir: Some(root.join(&config.worktrees_dir)),
+                ..worktree_core::Options::default()
+            },
+        )?;
+        let registry = state::open(&paths.common_dir)
+            .with_context(|| format!("cannot open the registry of {}", root.display()))?;
+        let digest = Sha256::digest(paths.common_dir.as_os_str().as_encoded_bytes());
+        let hash: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        Ok(Self {
+            root,
+            config,
+            registry,
+            worktrees,
+            owner_prefix: format!("isolane-{hash}-"),
+        })
+    }
+
+    /// The host-wide owner name of worktree `id` (port leases, database
+    /// labels).
+    pub(crate) fn owner(&self, id: &str) -> String {
+        format!("{}{id}", self.owner_prefix)
+    }
+
+    /// The worktree id of a host-wide owner name, if it is one of ours.
+    pub(crate) fn id_of_owner<'a>(&self, owner: &'a str) -> Option<&'a str> {
+        owner.strip_prefix(&self.owner_prefix)
+    }
+
+    /// The registry entry `id`, or an input error listing what exists.
+    pub(crate) fn entry(&self, id: &str) -> Result<Entry> {
+        let doc = self.registry.read()?;
+        if let Some(entry) = doc.entries.get(id) {
+            return Ok(entry.clone());
+        }
+        let known: Vec<&str> = doc.entries.keys().map(String::as_str).collect();
+        Err(crate::commands::InputError(if known.is_empty() {
+            format!("no worktree {id:?}: this repository has none (isolane create ...)")
+        } else {
+            format!("no worktree {id:?}; known: {}", known.join(", "))
+        })
+        .into())
+    }
+
+    /// The port allocator (host-wide state).
+    pub(crate) fn ports(&self) -> Result<port_alloc::PortAllocator> {
+        open_ports(&self.config)
+    }
+
+    /// The database server: configured URL, `PG_ISOLATE_URL`, or embedded.
+    pub(crate) fn server(&self) -> Result<pg_isolate::Server> {
+        open_server(&self.config, None)
+    }
+
+    /// The configured migrations, if any (relative to the repository root).
+    pub(crate) fn migrations(&self) -> Result<Option<pg_isolate::Migrations>> {
+        self.config
+            .database
+            .migrations
+            .as_deref()
+            .map(|dir| load_migrations(&self.root.join(dir), &self.config))
+            .transpose()
+    }
+}
+
+pub(crate) fn open_ports(config: &Config) -> Result<port_alloc::PortAllocator> {
+    let range = config
+        .ports
+        .range
+        .map(|(low, high)| low..high.saturating_add(1));
+    Ok(port_alloc::PortAllocator::open(port_alloc::Options {
+        range,
+        ..port_alloc::Options::default()
+    })?)
+}
+
+/// Connects to `url`, else the configured URL, else `PG_ISOLATE_URL`, else
+/// the embedded server (started if needed, which can take a moment).
+pub(crate) fn open_server(config: &Config, url: Option<&str>) -> Result<pg_isolate::Server> {
+    let options = pg_isolate::ServerOptions {
+        url: url
+            .map(str::to_owned)
+            .or_else(|| config.database.url.clone()),
+        prefix: config.database.prefix.clone(),
+        ..pg_isolate::ServerOptions::default()
+    };
+    Ok(pg_isolate::Server::connect(options)?)
+}
+
+pub(crate) fn load_migrations(dir: &Path, config: &Config) -> Result<pg_isolate::Migrations> {
+    let format = match config.database.format {
+        crate::config::MigrationFormat::Auto => pg_isolate::Format::Auto,
+        crate::config::MigrationFormat::Diesel => pg_isolate::Format::Diesel,
+        crate::config::MigrationFormat::Sqlx => pg_isolate::Format::Sqlx,
+    };
+    Ok(pg_isolate::Migrations::load(dir, format)?)
+}

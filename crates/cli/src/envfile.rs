@@ -1,0 +1,116 @@
+//! The files written into a worktree for test code: `.env.test` and
+//! `.worktree-metadata.json`, and the formats of `isolane env`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::state::Entry;
+
+/// The environment a worktree's tests run with (besides the parent's).
+pub(crate) fn environment(entry: &Entry, database_url: Option<&str>) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = entry
+        .ports
+        .iter()
+        .map(|(name, port)| (name.clone(), port.to_string()))
+        .collect();
+    if let Some(url) = database_url {
+        env.insert("DATABASE_URL".to_owned(), url.to_owned());
+    }
+    env.insert("ISOLANE_WORKTREE".to_owned(), entry.id.clone());
+    env
+}
+
+/// `KEY=VALUE` lines. Values never contain white space or quotes (ports,
+/// ids and URLs we build), so `export $(cat .env.test | xargs)` works.
+pub(crate) fn dotenv(env: &BTreeMap<String, String>) -> String {
+    env.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+}
+
+/// `export KEY='VALUE'` lines, for `eval "$(isolane env ID --format shell)"`.
+pub(crate) fn shell(env: &BTreeMap<String, String>) -> String {
+    env.iter()
+        .map(|(k, v)| format!("export {k}='{}'\n", v.replace('\'', r"'\''")))
+        .collect()
+}
+
+/// What `.worktree-metadata.json` holds; test code reads these keys.
+#[derive(Debug, Serialize)]
+pub(crate) struct Metadata<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) purpose: &'a str,
+    pub(crate) identifier: &'a str,
+    pub(crate) branch: Option<&'a str>,
+    pub(crate) path: &'a Path,
+    /// RFC 3339, UTC.
+    pub(crate) created: String,
+    pub(crate) ports: &'a BTreeMap<String, u16>,
+    pub(crate) database: Option<&'a str>,
+    pub(crate) database_url: Option<&'a str>,
+}
+
+impl<'a> Metadata<'a> {
+    pub(crate) fn new(entry: &'a Entry, database_url: Option<&'a str>) -> Self {
+        Self {
+            id: &entry.id,
+            purpose: &entry.purpose,
+            identifier: &entry.identifier,
+            branch: entry.branch.as_deref(),
+            path: &entry.path,
+            created: rfc3339(entry.created),
+            ports: &entry.ports,
+            database: entry.database.as_deref(),
+            database_url,
+        }
+    }
+}
+
+/// Seconds since the epoch as an RFC 3339 UTC timestamp.
+pub(crate) fn rfc3339(seconds: u64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds),
+    )
+    .to_string()
+}
+
+/// Writes both files into the worktree, each atomically (temp + rename), so
+/// a test never reads half a file.
+pub(crate) fn write_files(
+    worktree: &Path,
+    env_file: &str,
+    metadata_file: &str,
+    entry: &Entry,
+    database_url: Option<&str>,
+) -> std::io::Result<()> {
+    let env = environment(entry, database_url);
+    write_atomically(&worktree.join(env_file), dotenv(&env).as_bytes())?;
+    let mut metadata = serde_json::to_vec_pretty(&Metadata::new(entry, database_url))
+        .map_err(std::io::Error::other)?;
+    metadata.push(b'\n');
+    write_atomically(&worktree.join(metadata_file), &metadata)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut temp, bytes)?;
+    temp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_values_are_quoted() {
+        let env = BTreeMap::from([("A".to_owned(), "it's $HOME".to_owned())]);
+        assert_eq!(shell(&env), "export A='it'\\''s $HOME'\n");
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+    }
+}

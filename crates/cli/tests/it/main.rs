@@ -1,0 +1,105 @@
+//! End-to-end tests: the built `isolane` binary against real git
+//! repositories, real sockets and the embedded PostgreSQL server.
+
+mod bad_input;
+mod concurrency;
+mod crashes;
+mod workflow;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use test_support::{GitRepo, TestResult};
+
+/// The port lease state shared by every test of this binary (leases are
+/// host-wide by design; one document keeps concurrent tests apart).
+pub(crate) fn state_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("isolane-cli-state")
+}
+
+/// An `isolane` command run in `dir`.
+pub(crate) fn isolane(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_isolane"));
+    command
+        .current_dir(dir)
+        .env("ISOLANE_STATE_DIR", state_dir())
+        .env_remove("ISOLANE_FAULT")
+        .env_remove("PG_ISOLATE_URL")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null");
+    command
+}
+
+/// Runs isolane and returns its output, whatever the exit code.
+pub(crate) fn output(dir: &Path, args: &[&str]) -> TestResult<Output> {
+    Ok(isolane(dir).args(args).output()?)
+}
+
+/// Runs isolane and requires success; returns stdout.
+pub(crate) fn ok(dir: &Path, args: &[&str]) -> TestResult<String> {
+    let out = output(dir, args)?;
+    if !out.status.success() {
+        return Err(format!(
+            "isolane {args:?} failed with {}:\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Runs isolane with `--json` appended and parses stdout.
+pub(crate) fn json(dir: &Path, args: &[&str]) -> TestResult<serde_json::Value> {
+    let mut all = args.to_vec();
+    all.push("--json");
+    Ok(serde_json::from_str(&ok(dir, &all)?)?)
+}
+
+/// A repository with an `isolane.toml`.
+pub(crate) fn repo_with_config(config: &str) -> TestResult<GitRepo> {
+    let repo = GitRepo::new()?;
+    repo.write("isolane.toml", config)?;
+    repo.commit_all("configure isolane")?;
+    Ok(repo)
+}
+
+/// Whether something accepts TCP connections on 127.0.0.1:`port`.
+pub(crate) fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// Our databases on the embedded server, by name.
+pub(crate) fn database_names(dir: &Path) -> TestResult<Vec<String>> {
+    let rows = json(dir, &["db", "list"])?;
+    Ok(rows
+        .as_array()
+        .ok_or("db list --json is not an array")?
+        .iter()
+        .filter_map(|row| row["name"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// The host-wide port leases, as `(owner, ports)`.
+pub(crate) fn leases(dir: &Path) -> TestResult<Vec<(String, Vec<u16>)>> {
+    let rows = json(dir, &["ports", "list"])?;
+    Ok(rows
+        .as_array()
+        .ok_or("ports list --json is not an array")?
+        .iter()
+        .map(|row| {
+            let owner = row["owner"].as_str().unwrap_or_default().to_owned();
+            let ports = row["ports"]
+                .as_object()
+                .map(|m| {
+                    m.values()
+                        .filter_map(|v| v.as_u64())
+                        .map(|p| p as u16)
+                        .collect()
+                })
+                .unwrap_or_default();
+            (owner, ports)
+        })
+        .collect())
+}
