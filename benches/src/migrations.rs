@@ -63,8 +63,10 @@ pub fn run(config: &Config, report: &mut Report) -> BenchResult {
     let first_tail = count - tail;
     let from = migrations.list()[first_tail].version().to_owned();
     let before_tail = migrations.list()[first_tail - 1].version().to_owned();
-    let mut options = RollbackOptions::default();
-    options.from = Some(from);
+    let options = RollbackOptions {
+        from: Some(from),
+        ..RollbackOptions::default()
+    };
     // A database at the version before the tail, for the script.
     let start = server.template(
         format!(

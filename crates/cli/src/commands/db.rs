@@ -117,7 +117,12 @@ fn migrate(args: &MigrateArgs) -> Result<ExitCode> {
             ));
         }
     })?;
-    println!("{report:?}");
+    println!(
+        "applied {}, reverted {}; now at {}",
+        report.applied.len(),
+        report.reverted.len(),
+        report.current.as_deref().unwrap_or("no migration")
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -134,10 +139,12 @@ fn check_rollback(args: &CheckRollbackArgs) -> Result<ExitCode> {
         migrations.dir().display()
     ));
     let server = open_server(&config, args.url.as_deref())?;
-    let mut options = pg_isolate::RollbackOptions::default();
-    options.from = args.from.clone();
-    options.to = args.to.clone();
-    options.strict = args.strict;
+    let options = pg_isolate::RollbackOptions {
+        from: args.from.clone(),
+        to: args.to.clone(),
+        strict: args.strict,
+        ..pg_isolate::RollbackOptions::default()
+    };
     let report = pg_isolate::verify_rollbacks(&server, &migrations, &options)?;
     if args.json {
         println!("{}", report.to_json());

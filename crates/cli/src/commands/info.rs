@@ -87,18 +87,38 @@ pub(super) fn list(json: bool) -> Result<ExitCode> {
         println!("no test worktrees (isolane create --purpose test-... --identifier ...)");
         return Ok(ExitCode::SUCCESS);
     }
+    let ports: Vec<String> = statuses
+        .iter()
+        .map(|s| {
+            s.ports
+                .values()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
+    let width = |cells: &mut dyn Iterator<Item = usize>, header: &str| {
+        cells.max().unwrap_or(0).max(header.len())
+    };
+    let id_w = width(&mut statuses.iter().map(|s| s.id.len()), "ID");
+    let ports_w = width(&mut ports.iter().map(String::len), "PORTS");
+    let db_w = width(
+        &mut statuses
+            .iter()
+            .map(|s| s.database.as_deref().map_or(1, str::len)),
+        "DATABASE",
+    );
     println!(
-        "{:<32} {:<19} {:>7}  {:<24} {:<28} BRANCH",
+        "{:<id_w$}  {:<18}  {:>7}  {:<ports_w$}  {:<db_w$}  BRANCH",
         "ID", "STATE", "AGE", "PORTS", "DATABASE"
     );
-    for s in &statuses {
-        let ports: Vec<String> = s.ports.values().map(u16::to_string).collect();
+    for (s, ports) in statuses.iter().zip(&ports) {
         println!(
-            "{:<32} {:<19} {:>7}  {:<24} {:<28} {}",
+            "{:<id_w$}  {:<18}  {:>7}  {:<ports_w$}  {:<db_w$}  {}",
             s.id,
             s.state,
             age(s.age_seconds),
-            ports.join(","),
+            ports,
             s.database.as_deref().unwrap_or("-"),
             s.branch.as_deref().unwrap_or("(detached)")
         );

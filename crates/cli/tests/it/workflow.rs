@@ -169,6 +169,44 @@ fn create_run_reset_check_rollback_remove() -> TestResult {
     ok(root, &["db", "reset", "test-flow-one"])?;
     assert_eq!(count_users(&url)?, 0);
 
+    // db migrate down to a version and back up, by worktree and by URL.
+    let has_email = |url: &str| -> TestResult<bool> {
+        let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+        let row = client.query_one(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'email'",
+            &[],
+        )?;
+        Ok(row.get::<_, i64>(0) == 1)
+    };
+    let down = ok(
+        root,
+        &[
+            "db",
+            "migrate",
+            "test-flow-one",
+            "--to",
+            "2024-01-01-000000",
+        ],
+    )?;
+    assert!(down.contains("reverted 1"), "{down}");
+    assert!(!has_email(&url)?);
+    ok(
+        root,
+        &[
+            "db",
+            "migrate",
+            "--url",
+            &url,
+            "--dir",
+            "migrations",
+            "--to",
+            "latest",
+        ],
+    )?;
+    assert!(has_email(&url)?);
+    let unknown = output(root, &["db", "migrate", "test-flow-one", "--to", "1999"])?;
+    assert_eq!(unknown.status.code(), Some(2));
+
     // check-rollback of the configured migrations.
     let report = json(root, &["db", "check-rollback"])?;
     assert_eq!(report["summary"]["checked"], 2, "{report}");

@@ -17,7 +17,6 @@ use crate::{Server, TestDatabase};
 
 /// Optional settings of [`verify_rollbacks`].
 #[derive(Debug, Clone, Default)]
-#[non_exhaustive]
 pub struct RollbackOptions {
     /// The first migration to check (version as written or as tracked);
     /// default the first one.

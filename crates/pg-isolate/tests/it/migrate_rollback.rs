@@ -12,12 +12,12 @@ use crate::migrate_format::fixture;
 use crate::migrate_run::empty_database;
 
 fn options(from: Option<&str>, to: Option<&str>, strict: bool, reapply: bool) -> RollbackOptions {
-    let mut options = RollbackOptions::default();
-    options.from = from.map(str::to_owned);
-    options.to = to.map(str::to_owned);
-    options.strict = strict;
-    options.reapply = reapply;
-    options
+    RollbackOptions {
+        from: from.map(str::to_owned),
+        to: to.map(str::to_owned),
+        strict,
+        reapply,
+    }
 }
 
 fn has(
