@@ -215,7 +215,13 @@ fn relative_dir<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathBuf, D
 
 fn file_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     let raw = String::deserialize(deserializer)?;
-    if raw.is_empty() || raw == "." || raw == ".." || raw.contains('/') || raw.contains('\0') {
+    if raw.is_empty()
+        || raw == "."
+        || raw == ".."
+        || raw.eq_ignore_ascii_case(".git")
+        || raw.contains('/')
+        || raw.contains('\0')
+    {
         return Err(D::Error::custom(format!(
             "{raw:?} must be a plain file name"
         )));
@@ -425,6 +431,7 @@ max_age = "24h"
                 1,
             ),
             ("env_file = \"a/b\"\n", "plain file name", 1),
+            ("metadata_file = \".git\"\n", "plain file name", 1),
             ("[gc]\nmax_age = \"soon\"\n", "duration", 2),
             ("[database]\nprefix = \"Bad;\"\n", "prefix", 2),
             ("[database]\nformat = \"flyway\"\n", "unknown variant", 2),

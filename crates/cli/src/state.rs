@@ -51,6 +51,10 @@ pub(crate) struct Entry {
     #[serde(default)]
     pub(crate) branch_created: bool,
     pub(crate) path: PathBuf,
+    /// Whether something already stood at `path` when this entry was made:
+    /// then it is not ours, and no rollback or removal may touch it.
+    #[serde(default)]
+    pub(crate) path_preexisting: bool,
     /// Seconds since the Unix epoch.
     pub(crate) created: u64,
     pub(crate) ports: BTreeMap<String, u16>,

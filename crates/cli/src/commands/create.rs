@@ -71,6 +71,7 @@ pub(super) fn run(args: &CreateArgs) -> Result<ExitCode> {
                 identifier: args.identifier.clone(),
                 branch: args.branch.clone(),
                 branch_created: false,
+                path_preexisting: path.exists(),
                 path: path.clone(),
                 created: now(),
                 ports: BTreeMap::new(),
@@ -167,9 +168,6 @@ fn build(
         };
         let short = database_stem(&args.purpose, &args.identifier);
         let name = server.database_name(&short)?;
-        // Recorded before it exists, so a crash right after CREATE DATABASE
-        // still leaves the name for the rollback to drop.
-        record(repo, id, |entry| entry.database = Some(name.clone()))?;
         let owner = repo.owner(id);
         let options = pg_isolate::CreateOptions {
             template: template.as_ref().map(pg_isolate::Template::name),
@@ -178,6 +176,11 @@ fn build(
         };
         progress(format_args!("creating database {name}"));
         server.create_database(&name, options)?;
+        // Recorded only once it is ours: a name taken by someone else
+        // (DatabaseExists) must never reach the rollback's drop. A crash
+        // right here leaves a database labelled with our owner name and no
+        // entry, which `isolane doctor --fix` drops.
+        record(repo, id, |entry| entry.database = Some(name.clone()))?;
         crate::fault::point("create.after_database");
         Some(server.url(&name))
     } else {

@@ -111,6 +111,9 @@ pub(super) fn run(fix: bool, json: bool) -> Result<ExitCode> {
             &info.id,
             detail,
             || {
+                if registered_meanwhile(&repo, &info.id)? {
+                    return Ok(());
+                }
                 repo.worktrees
                     .remove(&info.id, worktree_core::RemoveOptions::default())
                     .map(drop)
@@ -132,6 +135,9 @@ pub(super) fn run(fix: bool, json: bool) -> Result<ExitCode> {
             lease.ports
         );
         findings.push(repair(fix, "lease-without-entry", id, detail, || {
+            if registered_meanwhile(&repo, id)? {
+                return Ok(());
+            }
             ports
                 .release_owner(&lease.owner)
                 .map(drop)
@@ -165,6 +171,9 @@ pub(super) fn run(fix: bool, json: bool) -> Result<ExitCode> {
                 &database.name,
                 detail,
                 || {
+                    if registered_meanwhile(&repo, id)? {
+                        return Ok(());
+                    }
                     server
                         .drop_database(&database.name)
                         .map_err(anyhow::Error::from)
@@ -197,6 +206,13 @@ pub(super) fn run(fix: bool, json: bool) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Whether `id` got a registry entry since the snapshot the checks used (a
+/// create running beside doctor): then what looked unowned is that
+/// create's, and must be left alone.
+fn registered_meanwhile(repo: &Repo, id: &str) -> Result<bool> {
+    Ok(repo.registry.read()?.entries.contains_key(id))
 }
 
 /// A finding, repaired by `action` when `fix` is set.

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{age, print_json};
+use super::{InputError, age, print_json};
 use crate::cli::EnvFormat;
 use crate::context::Repo;
 use crate::envfile;
@@ -132,7 +132,7 @@ pub(super) fn show(id: &str, json: bool) -> Result<ExitCode> {
     let status = statuses(&repo)?
         .into_iter()
         .find(|s| s.id == id)
-        .expect("the entry was just read from the registry");
+        .ok_or_else(|| InputError(format!("worktree {id} was removed meanwhile")))?;
     if json {
         print_json(&status)?;
         return Ok(ExitCode::SUCCESS);

@@ -82,48 +82,65 @@ pub(crate) fn teardown(repo: &Repo, entry: &Entry, how: Teardown) -> Result<Torn
         ..TornDown::default()
     };
 
-    if how.hooks && previous == Phase::Ready && entry.path.is_dir() {
+    if how.hooks && previous == Phase::Ready && entry.path.is_dir() && !entry.path_preexisting {
+        // The hooks run only once removal is certain: a worktree kept for
+        // its work must not have been half torn down by them.
+        if !how.force {
+            refuse_if_work_at_stake(repo, entry, previous)?;
+        }
         let env = envfile::environment(entry, None);
         for hook in &repo.config.hooks.pre_remove {
             super::create::run_hook(hook, &entry.path, &env)?;
         }
     }
 
-    let options = worktree_core::RemoveOptions {
-        force: how.force,
-        delete_branch: entry.branch_created && !how.keep_branch,
-    };
-    match repo.worktrees.remove(id, options) {
-        Ok(removed) => {
-            progress(format_args!("removed worktree {}", removed.path.display()));
-            done.worktree_removed = true;
-            done.branch_deleted = removed.branch_deleted;
-        }
-        Err(worktree_core::Error::NotFound { .. }) => {}
-        Err(refused) => {
-            // Nothing was removed: the entry is as usable as before.
-            if previous == Phase::Ready {
-                record(repo, id, |e| e.phase = Phase::Ready)?;
+    if entry.path_preexisting {
+        // Something stood at the path before this entry: not ours to delete.
+        progress(format_args!(
+            "leaving {} alone: it existed before isolane",
+            entry.path.display()
+        ));
+    } else {
+        let options = worktree_core::RemoveOptions {
+            force: how.force,
+            delete_branch: entry.branch_created && !how.keep_branch,
+        };
+        match repo.worktrees.remove(id, options) {
+            Ok(removed) => {
+                progress(format_args!("removed worktree {}", removed.path.display()));
+                done.worktree_removed = true;
+                done.branch_deleted = removed.branch_deleted;
             }
-            return Err(anyhow::Error::from(refused).context(format!(
-                "worktree {id} was kept, with its database and ports (use --force to remove it anyway)"
-            )));
+            Err(worktree_core::Error::NotFound { .. }) => {}
+            Err(refused) => {
+                restore_phase(repo, id, previous)?;
+                return Err(anyhow::Error::from(refused).context(kept_message(id)));
+            }
         }
     }
     crate::fault::point("remove.after_worktree");
 
     if let Some(database) = &entry.database {
         let server = repo.server()?;
-        match server.drop_database(database) {
-            Ok(()) => {
+        let owner = repo.owner(id);
+        let info = server
+            .list_databases()?
+            .into_iter()
+            .find(|d| &d.name == database);
+        match info {
+            None => {}
+            Some(info)
+                if info.owner.as_ref().and_then(|o| o.label.as_deref()) == Some(owner.as_str()) =>
+            {
+                server
+                    .drop_database(database)
+                    .with_context(|| format!("cannot drop database {database} of {id}"))?;
                 progress(format_args!("dropped database {database}"));
                 done.database_dropped = Some(database.clone());
             }
-            Err(pg_isolate::Error::DatabaseNotFound { .. }) => {}
-            Err(error) => {
-                return Err(error)
-                    .with_context(|| format!("cannot drop database {database} of {id}"));
-            }
+            Some(_) => progress(format_args!(
+                "leaving database {database} alone: its owner record does not name {id} of this repository"
+            )),
         }
     }
     crate::fault::point("remove.after_database");
@@ -136,4 +153,57 @@ pub(crate) fn teardown(repo: &Repo, entry: &Entry, how: Teardown) -> Result<Torn
         Ok::<_, registry::Error>(())
     })?;
     Ok(done)
+}
+
+fn kept_message(id: &str) -> String {
+    format!("worktree {id} was kept, with its database and ports (use --force to remove it anyway)")
+}
+
+/// Puts a refused entry back as it was: nothing was removed.
+fn restore_phase(repo: &Repo, id: &str, previous: Phase) -> Result<()> {
+    if previous == Phase::Ready {
+        record(repo, id, |e| e.phase = Phase::Ready)?;
+    }
+    Ok(())
+}
+
+/// Refuses, before anything is run or removed, a worktree with
+/// uncommitted, untracked or unmerged work or a live lock.
+fn refuse_if_work_at_stake(repo: &Repo, entry: &Entry, previous: Phase) -> Result<()> {
+    let Some(info) = repo
+        .worktrees
+        .list()?
+        .into_iter()
+        .find(|i| i.managed && i.id == entry.id)
+    else {
+        return Ok(());
+    };
+    let at_stake = if let Some(lock) = info.lock.as_ref().filter(|l| l.owner_alive) {
+        Some(format!("it is in use ({})", lock.reason))
+    } else if !info.dirty_files.is_empty() {
+        Some(format!(
+            "it has uncommitted changes: {}",
+            info.dirty_files.join(", ")
+        ))
+    } else if !info.unmerged_commits.is_empty() {
+        Some(format!(
+            "{} commit(s) exist nowhere else: {}",
+            info.unmerged_commits.len(),
+            info.unmerged_commits.join(", ")
+        ))
+    } else {
+        None
+    };
+    match at_stake {
+        Some(reason) => {
+            restore_phase(repo, &entry.id, previous)?;
+            Err(anyhow::anyhow!(
+                "worktree {} at {}: {reason}",
+                entry.id,
+                entry.path.display()
+            )
+            .context(kept_message(&entry.id)))
+        }
+        None => Ok(()),
+    }
 }

@@ -50,11 +50,28 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
         .into());
     }
     let env = super::info::environment(&repo, &args.id)?;
-    let reason = format!(
-        "isolane run (pid {}): {}",
-        std::process::id(),
-        args.command.join(" ")
-    );
+    // The database URL can change (a restarted server): refresh the files
+    // test code reads before it runs.
+    let database_url = env.get("DATABASE_URL").map(String::as_str);
+    let config = &repo.config;
+    crate::envfile::write_files(
+        &entry.path,
+        &config.env_file,
+        &config.metadata_file,
+        &entry,
+        database_url,
+    )
+    .with_context(|| {
+        format!(
+            "cannot refresh {} in {}",
+            config.env_file,
+            entry.path.display()
+        )
+    })?;
+    // Only the program's name: arguments may hold secrets, and the reason
+    // shows in `git worktree list`, `isolane show` and gc's report.
+    let program = args.command.first().map_or("", String::as_str);
+    let reason = format!("isolane run (pid {}): {program}", std::process::id());
     repo.worktrees
         .lock(&entry.id, &reason, registry::ProcessIdentity::current())
         .with_context(|| format!("cannot mark worktree {} as in use", entry.id))?;

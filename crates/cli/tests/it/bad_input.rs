@@ -138,3 +138,23 @@ fn a_password_in_the_database_url_is_never_printed() -> TestResult {
     assert_eq!(json(repo.path(), &["list"])?, serde_json::json!([]));
     Ok(())
 }
+
+#[test]
+fn a_create_over_an_existing_directory_never_deletes_it() -> TestResult {
+    let repo = repo_with_config("[database]\nenabled = false\n")?;
+    let existing = repo.path().join("worktrees/test-pre-x");
+    std::fs::create_dir_all(&existing)?;
+    std::fs::write(existing.join("work.txt"), "someone's work")?;
+    expect_refusal(
+        &repo,
+        &["create", "--purpose", "test-pre", "--identifier", "x"],
+        2,
+        "already exists",
+    )?;
+    assert_eq!(
+        std::fs::read_to_string(existing.join("work.txt"))?,
+        "someone's work"
+    );
+    assert_eq!(json(repo.path(), &["list"])?, serde_json::json!([]));
+    Ok(())
+}

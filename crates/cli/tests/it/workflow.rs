@@ -268,3 +268,50 @@ fn works_from_inside_a_test_worktree_and_without_a_database() -> TestResult {
     assert!(!inside.exists());
     Ok(())
 }
+
+#[test]
+fn a_database_name_taken_by_another_repository_is_never_dropped() -> TestResult {
+    // Two repositories, one worktree id: the database name is the same, so
+    // the second create must fail, roll back, and leave the first alone.
+    let first = repo_with_config("")?;
+    let second = repo_with_config("")?;
+    let created = json(
+        first.path(),
+        &["create", "--purpose", "test-same", "--identifier", "name"],
+    )?;
+    let database = created["database"]
+        .as_str()
+        .ok_or("no database")?
+        .to_owned();
+    let url = std::fs::read_to_string(first.path().join("worktrees/test-same-name/.env.test"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("DATABASE_URL=").map(str::to_owned))
+        .ok_or("no DATABASE_URL")?;
+    {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls)?;
+        client.batch_execute("CREATE TABLE precious (x int); INSERT INTO precious VALUES (1)")?;
+    }
+
+    let clash = output(
+        second.path(),
+        &["create", "--purpose", "test-same", "--identifier", "name"],
+    )?;
+    assert_eq!(
+        clash.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&clash.stderr)
+    );
+    assert!(String::from_utf8_lossy(&clash.stderr).contains("already exists"));
+    assert_eq!(json(second.path(), &["list"])?, serde_json::json!([]));
+    assert!(!second.path().join("worktrees/test-same-name").exists());
+
+    let mut client = postgres::Client::connect(&url, postgres::NoTls)?;
+    let kept: i32 = client.query_one("SELECT x FROM precious", &[])?.get(0);
+    assert_eq!(
+        kept, 1,
+        "the first repository's database {database} was touched"
+    );
+    ok(first.path(), &["remove", "test-same-name"])?;
+    Ok(())
+}
