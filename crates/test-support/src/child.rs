@@ -81,3 +81,17 @@ pub fn wait_success(child: Child) -> io::Result<String> {
         )))
     }
 }
+
+/// A child process that is killed (SIGKILL) and reaped when the guard is
+/// dropped, so a test that fails half-way leaves no child running.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}

@@ -59,10 +59,11 @@ fn a_writer_killed_at_random_moments_never_leaves_an_unreadable_document() -> Te
     let mut kills = 0;
     let mut delay_us: u64 = 0;
     while kills < 100 {
-        let mut writer = child::spawn(
+        // Killed and reaped even if an assertion below fails first.
+        let mut writer = child::KillOnDrop(child::spawn(
             "concurrency::a_writer_killed_at_random_moments_never_leaves_an_unreadable_document",
             &[path.display().to_string()],
-        )?;
+        )?);
         // Kill it while it is busy writing: wait for its first write, then
         // for a pseudo-random 0-2 ms, so deaths land at every step of the
         // write path (temp file, fsync, rename, directory fsync).
@@ -76,8 +77,8 @@ fn a_writer_killed_at_random_moments_never_leaves_an_unreadable_document() -> Te
         }
         delay_us = (delay_us * 7_919 + 3_571) % 2_000;
         std::thread::sleep(Duration::from_micros(delay_us));
-        writer.kill()?; // SIGKILL
-        writer.wait()?;
+        writer.0.kill()?; // SIGKILL
+        writer.0.wait()?;
         kills += 1;
 
         let doc = store.read()?; // must parse, whatever the moment of death
