@@ -406,25 +406,37 @@ struct Running {
 }
 
 /// Reads `data/postmaster.pid`; `Ok(None)` when no live server of ours
-/// (checked through `/proc/<pid>/exe`, which also rules out a reused pid and
-/// a zombie) is ready in `data`.
+/// (see [`is_our_postgres`]) is ready in `data`.
 fn running(data: &Path, bindir: &Path) -> Option<Running> {
     let text = fs::read_to_string(data.join("postmaster.pid")).ok()?;
     let lines: Vec<&str> = text.lines().collect();
     let pid: u32 = lines.first()?.trim().parse().ok()?;
-    if !is_our_postgres(pid, bindir) {
+    if !is_our_postgres(pid, bindir, data) {
         return None;
     }
     let port: u16 = lines.get(3)?.trim().parse().ok()?;
     (lines.get(7)?.trim() == "ready").then_some(Running { pid, port })
 }
 
-fn is_our_postgres(pid: u32, bindir: &Path) -> bool {
+/// Whether `pid` is the postmaster of the cluster in `data`: it runs our
+/// `postgres` binary (`/proc/<pid>/exe`, which also rules out a zombie) and
+/// its working directory is `data` (the postmaster changes into its data
+/// directory). The binary alone is not enough: another cluster on the host
+/// (the system one, another cache directory) runs the same binary and may
+/// have been given the pid of a stale `postmaster.pid`. A process whose
+/// working directory cannot be read is not ours, so it is never signalled.
+fn is_our_postgres(pid: u32, bindir: &Path, data: &Path) -> bool {
     let Ok(exe) = fs::read_link(format!("/proc/{pid}/exe")) else {
         return false;
     };
     let expected = bindir.join("postgres");
-    exe == expected || expected.canonicalize().is_ok_and(|real| real == exe)
+    if exe != expected && !expected.canonicalize().is_ok_and(|real| real == exe) {
+        return false;
+    }
+    let Ok(cwd) = fs::read_link(format!("/proc/{pid}/cwd")) else {
+        return false;
+    };
+    cwd == data || data.canonicalize().is_ok_and(|real| real == cwd)
 }
 
 /// Whether process `pid` still runs (not a zombie).
@@ -620,6 +632,53 @@ echo "$pm"
 ) </dev/null >/dev/null 2>&1 &
 "#;
 
+/// The file remembering the port the cluster last ran on, so a restarted
+/// server (after an idle stop, a crash or a reboot) keeps the URL that
+/// callers may have written down (an `.env` file, say).
+const PORT_FILE: &str = "port";
+
+fn remembered_port(dir: &Path) -> Option<u16> {
+    fs::read_to_string(dir.join(PORT_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|port| *port != 0)
+}
+
+fn remember_port(dir: &Path, port: u16) {
+    if remembered_port(dir) == Some(port) {
+        return;
+    }
+    if let Err(error) = write_atomic(&dir.join(PORT_FILE), port.to_string().as_bytes(), 0o644) {
+        tracing::warn!(port, dir = %dir.display(), %error, "could not remember the embedded server's port");
+    }
+}
+
+/// Whether the server could listen on `port` (std sets `SO_REUSEADDR`, as
+/// PostgreSQL does, so connections in `TIME_WAIT` do not count).
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// The port to start on: the remembered one when free, else a new one.
+fn choose_port(dir: &Path) -> Result<u16, Error> {
+    match remembered_port(dir) {
+        Some(port) if port_free(port) => Ok(port),
+        Some(taken) => {
+            let port = free_port()?;
+            tracing::warn!(
+                taken,
+                port,
+                dir = %dir.display(),
+                "the embedded server's previous port is taken; starting on a new port (URLs written down earlier no longer work)"
+            );
+            Ok(port)
+        }
+        None => free_port(),
+    }
+}
+
 fn free_port() -> Result<u16, Error> {
     let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
         .map_err(|e| Error::io("finding a free port on", "127.0.0.1", e))?;
@@ -660,15 +719,16 @@ fn start(
     let log = log_dir.join("server.log");
     loop {
         // A server killed with SIGKILL leaves its postmaster.pid behind; the
-        // pid in it may since have been reused, so remove it once we know
-        // (through /proc/<pid>/exe) that no server of ours runs.
+        // pid in it may since have been reused (even by another cluster's
+        // postmaster), so remove it once we know (through /proc/<pid>/exe
+        // and /proc/<pid>/cwd) that no server of ours runs.
         let pid_file = data.join("postmaster.pid");
         if let Ok(text) = fs::read_to_string(&pid_file) {
             let pid = text
                 .lines()
                 .next()
                 .and_then(|l| l.trim().parse::<u32>().ok());
-            if pid.is_none_or(|pid| !is_our_postgres(pid, bindir)) {
+            if pid.is_none_or(|pid| !is_our_postgres(pid, bindir, &data)) {
                 let _ = fs::remove_file(&pid_file);
             } else if let Some(pid) = pid {
                 // Ours but not ready: starting or stopping; wait below.
@@ -687,7 +747,7 @@ fn start(
                 }
             }
         }
-        let port = free_port()?;
+        let port = choose_port(dir)?;
         let socket_dir = if run_dir.as_os_str().len() + 20 < 107 {
             run_dir.display().to_string()
         } else {
@@ -757,6 +817,7 @@ fn start(
                 log_tail: String::new(),
             })?;
         if let Some(run) = wait_ready(&data, bindir, pid, deadline, &log)? {
+            remember_port(dir, run.port);
             tracing::info!(
                 pid = run.pid,
                 port = run.port,
@@ -835,7 +896,7 @@ pub(crate) fn stop(options: &EmbeddedOptions) -> Result<bool, Error> {
     else {
         return Ok(false);
     };
-    if !is_our_postgres(pid, &bindir) {
+    if !is_our_postgres(pid, &bindir, &data) {
         return Ok(false);
     }
     let raw = i32::try_from(pid).map_err(|_| Error::ServerStart {

@@ -1,5 +1,7 @@
-//! Leak cleanup: dropping our databases whose owner is gone, expired ones
-//! and orphaned pool clones. Nothing without our owner record is touched.
+//! Leak cleanup: dropping our databases whose owner is gone, expired test
+//! databases and pool clones, orphaned pool clones and idle templates.
+//! Nothing without our owner record or outside the server's prefix is
+//! touched, and named databases are never collected.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -11,9 +13,11 @@ use crate::{DatabaseInfo, Error, Server, names};
 /// Optional settings of [`Server::gc`].
 #[derive(Debug, Clone)]
 pub struct GcOptions {
-    /// Also drop test and named databases older than this, whoever owns
-    /// them. `None` (the default): named databases are kept, test databases
-    /// are dropped only when their owner process is gone.
+    /// Also drop test databases and pool clones older than this, whoever
+    /// owns them. `None` (the default): test databases are dropped only
+    /// when their owner process is gone. Named databases are never dropped
+    /// by age (they are long-lived by design, for example one per worktree
+    /// created by another tool; their owner drops them).
     pub max_age: Option<Duration>,
     /// Drop templates (and their pool clones) not asked for in this long.
     /// Default: seven days.
@@ -35,7 +39,8 @@ impl Default for GcOptions {
 pub enum GcReason {
     /// Dropped: the owning process on this host is gone.
     OwnerGone,
-    /// Dropped: older than [`GcOptions::max_age`].
+    /// Dropped: a test database or pool clone older than
+    /// [`GcOptions::max_age`].
     Expired,
     /// Dropped: a pool clone whose template no longer exists.
     OrphanedPoolClone,
@@ -52,7 +57,7 @@ pub enum GcReason {
     OwnerAlive,
     /// Kept: its owner is on another host, so whether it runs is unknown.
     OtherHost,
-    /// Kept: a named database (dropped only explicitly or past `max_age`).
+    /// Kept: a named database (gc never drops one; its owner does).
     NamedDatabase,
     /// Kept: a pool clone of an existing template.
     PoolClone,
@@ -96,8 +101,8 @@ pub struct GcEntry {
     pub reason: GcReason,
 }
 
-/// What [`Server::gc`] dropped and what it kept (databases with the
-/// configured prefix or an owner record only).
+/// What [`Server::gc`] dropped and what it kept (databases whose name
+/// starts with the server's prefix only).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GcReport {
@@ -128,12 +133,23 @@ fn lock_of(hex: &str) -> Option<i64> {
 
 impl Server {
     /// Drops leaked databases: test databases whose owner process on this
-    /// host is gone, databases past [`GcOptions::max_age`], half-built
-    /// templates of dead builders, templates unused for
-    /// [`GcOptions::template_max_idle`] and pool clones whose template is
-    /// gone. Databases without a pg-isolate owner record are never touched.
+    /// host is gone, test databases and pool clones past
+    /// [`GcOptions::max_age`], half-built templates of dead builders,
+    /// templates unused for [`GcOptions::template_max_idle`] and pool clones
+    /// whose template is gone.
+    ///
+    /// Only databases whose name starts with this server's
+    /// [prefix](crate::ServerOptions::prefix) are looked at (an empty prefix
+    /// means all). Databases without a pg-isolate owner record and named
+    /// databases ([`Server::create_database`]) are never dropped: a named
+    /// database is long-lived by design and dropped by its owner.
     pub fn gc(&self, options: &GcOptions) -> Result<GcReport, Error> {
-        let databases = self.list_databases()?;
+        let prefix = self.prefix();
+        let databases: Vec<DatabaseInfo> = self
+            .list_databases()?
+            .into_iter()
+            .filter(|info| info.name.starts_with(prefix))
+            .collect();
         let mut ready_templates: HashSet<String> = databases
             .iter()
             .filter(|info| ready_owner(info).is_some())
@@ -154,19 +170,18 @@ impl Server {
             });
         for info in templates.into_iter().chain(others) {
             let Some(owner) = &info.owner else {
-                if info.name.starts_with(self.prefix()) && !self.prefix().is_empty() {
+                if !prefix.is_empty() {
                     report.kept.push(entry(info, GcReason::NoOwnerRecord));
                 }
                 continue;
             };
             let verdict = match owner.kind {
-                DatabaseKind::Test | DatabaseKind::Named => {
-                    if owner.kind == DatabaseKind::Test && owner.owner_gone() == Some(true) {
+                DatabaseKind::Named => Err(GcReason::NamedDatabase),
+                DatabaseKind::Test => {
+                    if owner.owner_gone() == Some(true) {
                         Ok(GcReason::OwnerGone)
                     } else if older_than(owner.created, options.max_age) {
                         Ok(GcReason::Expired)
-                    } else if owner.kind == DatabaseKind::Named {
-                        Err(GcReason::NamedDatabase)
                     } else if owner.owner_gone().is_none() {
                         Err(GcReason::OtherHost)
                     } else {
@@ -177,11 +192,13 @@ impl Server {
                     let template = owner
                         .template_key
                         .as_deref()
-                        .map(|hex| template_name(self.prefix(), hex));
-                    if template.is_some_and(|t| ready_templates.contains(&t)) {
-                        Err(GcReason::PoolClone)
-                    } else {
+                        .map(|hex| template_name(prefix, hex));
+                    if !template.is_some_and(|t| ready_templates.contains(&t)) {
                         Ok(GcReason::OrphanedPoolClone)
+                    } else if older_than(owner.created, options.max_age) {
+                        Ok(GcReason::Expired)
+                    } else {
+                        Err(GcReason::PoolClone)
                     }
                 }
                 DatabaseKind::Template => {

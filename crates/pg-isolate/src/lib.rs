@@ -16,8 +16,10 @@
 //! - [`Template::pool`]: a warm pool of pre-created clones on the server,
 //!   shared by every process, so a test gets its database in about a
 //!   millisecond.
-//! - [`Server::gc`]: drops leaked databases of dead processes, expired ones
-//!   and orphaned pool clones, and reports what it kept and why.
+//! - [`Server::gc`]: drops leaked test databases of dead processes, expired
+//!   test databases, orphaned pool clones and idle templates under the
+//!   server's prefix (never named databases), and reports what it kept and
+//!   why.
 //!
 //! # The embedded server
 //!
@@ -39,17 +41,26 @@
 //!
 //! The server is tuned for tests (fsync, synchronous_commit and
 //! full_page_writes off: a crash of the server or the machine may lose the
-//! last moments of commits, which tests do not need), listens on 127.0.0.1 on a free port and on a unix
-//! socket in the cluster's `run/`, and accepts password (SCRAM)
-//! connections as `postgres`; the random password is kept in the cluster's
-//! `password` file (mode 600). It runs detached (its own process group,
+//! last moments of commits, which tests do not need), listens on 127.0.0.1
+//! and on a unix socket in the cluster's `run/`, and accepts password
+//! (SCRAM) connections as `postgres`; the random password is kept in the
+//! cluster's `password` file (mode 600). The first start picks a free port
+//! and remembers it in the cluster's `port` file; every later start (after
+//! an idle stop, a crash or a reboot) uses that port again, so a URL written
+//! down once (an `.env` file) keeps working; only when another program has
+//! taken the port meanwhile does it move to a new free one (with a warning
+//! event). It runs detached (its own process group,
 //! reparented away from the starting process) and stops itself after
 //! [`EmbeddedOptions::idle_timeout`] (default five minutes) without any
 //! client connection: a small `sh` watchdog started beside it counts client
 //! connections with `psql` and shuts the server down under the start lock.
 //! [`Server::stop_embedded`] stops it explicitly. Starting is serialised by
 //! a file lock in the cluster directory; a server that was killed is
-//! detected through its `postmaster.pid` and `/proc` and started again.
+//! detected through its `postmaster.pid` and `/proc` and started again. A
+//! process is taken for the cluster's server only when it runs the
+//! cluster's `postgres` binary with the cluster's data directory as its
+//! working directory, so a stale `postmaster.pid` whose pid now belongs to
+//! another cluster's server is never signalled.
 //!
 //! # Environment
 //!

@@ -9,7 +9,7 @@ use postgres::error::SqlState;
 use postgres::{Client, SimpleQueryMessage};
 
 use crate::databases::is_code;
-use crate::owner::{DatabaseKind, OwnerRecord};
+use crate::owner::{DatabaseKind, OwnerRecord, TOOL};
 use crate::testdb::TestDatabase;
 use crate::{Error, Server, Template, names};
 
@@ -132,20 +132,32 @@ impl Pool {
     /// database name and writing its owner record in the same transaction;
     /// a candidate another process renamed first fails with
     /// `undefined_database` (or `object_in_use`) and the next is tried.
+    /// Only a database whose owner record is a pg-isolate record of kind
+    /// [`DatabaseKind::Pool`] is a candidate: a database that merely has a
+    /// matching name (a named database, one without a record, one being
+    /// created) is never claimed.
     fn claim(&self, server: &Server) -> Result<Option<TestDatabase>, Error> {
         let mut record = OwnerRecord::new(DatabaseKind::Test, None);
         record.template_key = Some(self.template.key().to_owned());
         let name = TestDatabase::fresh_name(server);
         let sql = format!(
-            "DO $pg_isolate$ DECLARE candidate text; BEGIN \
-               FOR candidate IN SELECT datname FROM pg_database \
-                 WHERE datname LIKE {pattern} AND NOT datistemplate ORDER BY random() LIMIT 8 LOOP \
+            "DO $pg_isolate$ DECLARE candidate text; note text; BEGIN \
+               FOR candidate, note IN SELECT datname, shobj_description(oid, 'pg_database') \
+                 FROM pg_database \
+                 WHERE datname LIKE {pattern} AND NOT datistemplate \
+                   AND shobj_description(oid, 'pg_database') LIKE {kind_like} \
+                 ORDER BY random() LIMIT 8 LOOP \
                  BEGIN \
+                   IF note::jsonb ->> 'tool' IS DISTINCT FROM {tool} \
+                     OR note::jsonb ->> 'kind' IS DISTINCT FROM {kind} THEN \
+                     CONTINUE; \
+                   END IF; \
                    EXECUTE format('ALTER DATABASE %I RENAME TO %I', candidate, {name}); \
                    EXECUTE format('COMMENT ON DATABASE %I IS %L', {name}, {record}); \
                    PERFORM set_config('pg_isolate.claimed', candidate, true); \
                    RETURN; \
-                 EXCEPTION WHEN SQLSTATE '3D000' OR SQLSTATE '55006' OR SQLSTATE '42P04' THEN NULL; \
+                 EXCEPTION WHEN SQLSTATE '3D000' OR SQLSTATE '55006' OR SQLSTATE '42P04' \
+                   OR SQLSTATE '22P02' THEN NULL; \
                  END; \
                END LOOP; \
              END $pg_isolate$; \
@@ -153,6 +165,9 @@ impl Pool {
             pattern = names::literal(&self.shared.pattern),
             name = names::literal(&name),
             record = names::literal(&record.to_json()),
+            kind_like = names::literal(POOL_KIND_LIKE),
+            tool = names::literal(TOOL),
+            kind = names::literal(POOL_KIND),
         );
         let claimed = server.with_admin(|client| {
             let messages = client
@@ -258,12 +273,21 @@ fn template_size(client: &mut Client, template: &str) -> Result<u64, Error> {
     Ok(u64::try_from(size).unwrap_or(0))
 }
 
+/// The `kind` value of a pool clone's owner record.
+const POOL_KIND: &str = "pool";
+
+/// A `LIKE` pattern matching the comments of pool clones: their owner
+/// records, serialised with `tool` and `kind` first (checked by a unit
+/// test). The claim also checks the parsed JSON.
+const POOL_KIND_LIKE: &str = r#"{"tool":"pg-isolate","kind":"pool",%"#;
+
 fn count_clones(server: &Server, pattern: &str, template: &str) -> Result<usize, Error> {
     server.with_admin(|client| {
         let count: i64 = client
             .query_one(
-                "SELECT count(*) FROM pg_database WHERE datname LIKE $1 AND NOT datistemplate",
-                &[&pattern],
+                "SELECT count(*) FROM pg_database WHERE datname LIKE $1 AND NOT datistemplate \
+                 AND shobj_description(oid, 'pg_database') LIKE $2",
+                &[&pattern, &POOL_KIND_LIKE],
             )
             .map_err(|e| Error::sql("counting pool clones of", template, e))?
             .get(0);
@@ -351,4 +375,31 @@ fn fill_once(
     })();
     let _ = conn.execute("SELECT pg_advisory_unlock($1, $2)", &[&k1, &k2]);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clone_pattern_matches_exactly_pool_records() {
+        let like = |text: &str| {
+            let prefix = POOL_KIND_LIKE.strip_suffix('%').unwrap_or(POOL_KIND_LIKE);
+            !POOL_KIND_LIKE.contains('_') && text.starts_with(prefix)
+        };
+        let mut record = OwnerRecord::new(DatabaseKind::Pool, None);
+        record.template_key = Some("00ff".to_owned());
+        assert!(like(&record.to_json()), "{}", record.to_json());
+        for kind in [
+            DatabaseKind::Named,
+            DatabaseKind::Test,
+            DatabaseKind::Template,
+        ] {
+            assert!(!like(&OwnerRecord::new(kind, Some("pool")).to_json()));
+        }
+        assert_eq!(
+            serde_json::to_value(DatabaseKind::Pool).ok(),
+            Some(serde_json::Value::from(POOL_KIND))
+        );
+    }
 }

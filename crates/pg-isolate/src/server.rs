@@ -293,12 +293,16 @@ impl Server {
         if from_pool && result.as_ref().is_err_and(connection_lost) {
             // An idle pooled connection to a server that has since been
             // restarted (crash, explicit stop): once more on a fresh one,
-            // and the other idle ones are stale too.
+            // and the other idle ones are stale too. An embedded server
+            // usually comes back on the same port, so a new connection
+            // could simply succeed: re-attach first to learn the new
+            // server's pid (and port, should it have moved).
             self.inner
                 .idle
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clear();
+            self.reattach()?;
             client = self.admin_client()?;
             result = f(&mut client);
         }

@@ -67,11 +67,19 @@ fn databases_of_a_sigkilled_holder_are_collected() -> TestResult {
 }
 
 #[test]
-fn expired_databases_and_unused_templates_are_collected() -> TestResult {
+fn expired_test_databases_and_unused_templates_are_collected() -> TestResult {
     // A private cluster: expiring everything must not touch other tests.
     let cluster = PrivateCluster::new()?;
     let server = cluster.connect()?;
     let named = server.create_database("old_worktree", CreateOptions::default())?;
+    let old_test = server.test_database()?;
+    // Another user of the same server with another prefix (a different
+    // test suite, the isolane CLI): none of its databases are looked at.
+    let mut other_options = cluster.options.clone();
+    other_options.prefix = "other_".to_owned();
+    let other = pg_isolate::Server::connect(other_options)?;
+    let other_named = other.create_database("worktree", CreateOptions::default())?;
+    let other_test = other.test_database()?;
     let template = server.template(b"soon unused", |_| Ok(()))?;
     let pool = template.pool(pg_isolate::PoolOptions {
         size: 2,
@@ -102,8 +110,36 @@ fn expired_databases_and_unused_templates_are_collected() -> TestResult {
             .find(|e| e.name == name)
             .map(|e| e.reason.clone())
     };
-    assert_eq!(reason(&named), Some(GcReason::Expired), "{report:?}");
+    assert_eq!(
+        reason(old_test.name()),
+        Some(GcReason::Expired),
+        "{report:?}"
+    );
     assert_eq!(reason(template.name()), Some(GcReason::UnusedTemplate));
+    // Named databases are long-lived by design: never dropped by age.
+    assert!(
+        report
+            .kept
+            .iter()
+            .any(|e| e.name == named && e.reason == GcReason::NamedDatabase),
+        "{report:?}"
+    );
+    assert!(server.database_exists(&named)?);
+    for outside in [&other_named, other_test.name()] {
+        assert!(
+            !report.was_dropped(outside) && !report.was_kept(outside),
+            "{outside} is outside the prefix: {report:?}"
+        );
+        assert!(other.database_exists(outside)?);
+    }
+    assert!(
+        report
+            .dropped
+            .iter()
+            .chain(&report.kept)
+            .all(|e| e.name.starts_with(server.prefix())),
+        "{report:?}"
+    );
     let orphans = report
         .dropped
         .iter()
@@ -120,9 +156,23 @@ fn expired_databases_and_unused_templates_are_collected() -> TestResult {
             .any(|e| e.name == foreign && e.reason == GcReason::NoOwnerRecord)
     );
     assert!(report.dropped.iter().all(|e| e.kind.is_some()));
-    assert!(!server.database_exists(&named)?);
+    assert!(!server.database_exists(old_test.name())?);
     assert!(server.database_exists(foreign)?);
     let kinds: Vec<DatabaseKind> = report.dropped.iter().filter_map(|e| e.kind).collect();
     assert!(kinds.contains(&DatabaseKind::Template));
+    assert!(!kinds.contains(&DatabaseKind::Named));
+
+    // The other prefix's own gc keeps its live and named databases too.
+    let report = other.gc(&GcOptions {
+        max_age: Some(Duration::ZERO),
+        template_max_idle: Some(Duration::ZERO),
+    })?;
+    assert!(report.was_kept(&other_named), "{report:?}");
+    assert!(report.was_dropped(other_test.name()), "{report:?}");
+    assert!(
+        !report.was_dropped(&named) && !report.was_kept(&named),
+        "{report:?}"
+    );
+    assert!(server.database_exists(&named)?);
     Ok(())
 }

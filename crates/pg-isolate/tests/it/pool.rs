@@ -144,3 +144,75 @@ fn disk_bound_limits_the_pool_and_handout_still_works() -> TestResult {
     server.drop_database(template.name())?;
     Ok(())
 }
+
+#[test]
+fn only_pool_clones_are_ever_claimed() -> TestResult {
+    let server = shared()?;
+    let template = template(&server, &unique_key("decoys"))?;
+    let clone_prefix = format!("p_{}_", template.key());
+    // Databases whose names match the pool's clone pattern but that are no
+    // pool clones: a named database of ours, and hand-made ones whose
+    // comments look like pool records to a text search.
+    let named = server.create_database(
+        &format!("{clone_prefix}named"),
+        pg_isolate::CreateOptions::default(),
+    )?;
+    let hand_made = [
+        ("bare", None),
+        ("text", Some(r#"hand-made, "kind":"pool""#)),
+        ("tool", Some(r#"{"tool":"other-tool","kind":"pool"}"#)),
+        (
+            "nested",
+            Some(r#"{"tool":"pg-isolate","kind":"named","x":{"kind":"pool"}}"#),
+        ),
+        // Past the quick text filter, stopped by the JSON check.
+        (
+            "broken",
+            Some(r#"{"tool":"pg-isolate","kind":"pool", broken"#),
+        ),
+        (
+            "dup",
+            Some(r#"{"tool":"pg-isolate","kind":"pool","kind":"named"}"#),
+        ),
+    ]
+    .map(|(suffix, comment)| (format!("testdb_{clone_prefix}{suffix}"), comment));
+    let mut admin = server.admin_client()?;
+    for (name, comment) in &hand_made {
+        admin.batch_execute(&format!("CREATE DATABASE \"{name}\""))?;
+        if let Some(comment) = comment {
+            admin.batch_execute(&format!(
+                "COMMENT ON DATABASE \"{name}\" IS '{}'",
+                comment.replace('\'', "''")
+            ))?;
+        }
+    }
+    let mut decoys: Vec<String> = hand_made.iter().map(|(n, _)| n.clone()).collect();
+    decoys.push(named.clone());
+
+    let pool = template.pool(PoolOptions {
+        size: 0,
+        ..PoolOptions::default()
+    })?;
+    // The two that pass the text filter are counted (a count is only an
+    // estimate), but never claimed.
+    assert!(pool.ready()? <= 2);
+    for _ in 0..3 {
+        let db = pool.test_database()?;
+        assert!(db.name().starts_with("testdb_t_"), "{}", db.name());
+        let count: i64 = db
+            .client()?
+            .query_one("SELECT count(*) FROM things", &[])?
+            .get(0);
+        assert_eq!(count, 1, "a real clone of the template");
+        for decoy in &decoys {
+            assert!(server.database_exists(decoy)?, "{decoy} was claimed");
+        }
+    }
+    drop(pool);
+    server.drop_database(&named)?;
+    for (name, _) in &hand_made {
+        admin.batch_execute(&format!("DROP DATABASE \"{name}\""))?;
+    }
+    server.drop_database(template.name())?;
+    Ok(())
+}

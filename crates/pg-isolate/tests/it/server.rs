@@ -116,12 +116,19 @@ fn missing_binaries_say_where_we_looked_and_what_to_install() -> TestResult {
     Ok(())
 }
 
+/// The port in a URL (`...@127.0.0.1:PORT/db`).
+fn port_of(url: &str) -> TestResult<u16> {
+    let after = url.rsplit(':').next().ok_or("a port")?;
+    Ok(after.split('/').next().ok_or("a port")?.parse()?)
+}
+
 #[test]
-fn private_cluster_starts_stops_and_starts_again() -> TestResult {
+fn private_cluster_starts_stops_and_starts_again_on_the_same_url() -> TestResult {
     let cluster = PrivateCluster::new()?;
     let server = cluster.connect()?;
     let first = server.embedded_pid().ok_or("embedded")?;
     assert_eq!(select_one(&server)?, 1);
+    let url = server.url("app_db");
     let dir = Server::embedded_dir(&cluster.options.embedded)?;
     assert!(dir.starts_with(cluster.path()));
     assert!(dir.join("pristine/PG_VERSION").is_file());
@@ -131,10 +138,75 @@ fn private_cluster_starts_stops_and_starts_again() -> TestResult {
     assert!(!alive(first));
     assert!(!Server::stop_embedded(&cluster.options.embedded)?);
 
+    // Same port and password: a URL written down once keeps working.
     let again = cluster.connect()?;
     let second = again.embedded_pid().ok_or("embedded")?;
     assert_ne!(first, second);
+    assert_eq!(again.url("app_db"), url);
     assert_eq!(select_one(&again)?, 1);
+    drop(again);
+
+    // Another program took the port meanwhile: a new free port, remembered
+    // for the starts after that.
+    assert!(Server::stop_embedded(&cluster.options.embedded)?);
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port_of(&url)?))?;
+    let moved = cluster.connect()?;
+    let moved_url = moved.url("app_db");
+    assert_ne!(port_of(&moved_url)?, port_of(&url)?);
+    assert_eq!(select_one(&moved)?, 1);
+    drop(moved);
+    drop(squatter);
+    assert!(Server::stop_embedded(&cluster.options.embedded)?);
+    assert_eq!(cluster.connect()?.url("app_db"), moved_url);
+    Ok(())
+}
+
+#[test]
+fn stale_pid_file_naming_a_foreign_process_is_never_signalled() -> TestResult {
+    // Another cluster's postmaster runs the very same binary: only its
+    // working directory (its own data directory) tells it apart.
+    let other = PrivateCluster::new()?;
+    let other_server = other.connect()?;
+    let other_pid = other_server.embedded_pid().ok_or("embedded")?;
+    let other_data = Server::embedded_dir(&other.options.embedded)?.join("data");
+
+    let cluster = PrivateCluster::new()?;
+    let server = cluster.connect()?;
+    let url = server.url("x");
+    drop(server);
+    assert!(Server::stop_embedded(&cluster.options.embedded)?);
+    let pid_file = Server::embedded_dir(&cluster.options.embedded)?
+        .join("data")
+        .join("postmaster.pid");
+    // A stale postmaster.pid whose pid is now the other cluster's
+    // postmaster (even saying "ready" on the other cluster's port).
+    std::fs::copy(other_data.join("postmaster.pid"), &pid_file)?;
+    assert!(!Server::stop_embedded(&cluster.options.embedded)?);
+    assert!(alive(other_pid));
+    let restarted = cluster.connect()?;
+    let pid = restarted.embedded_pid().ok_or("embedded")?;
+    assert_ne!(pid, other_pid);
+    assert_eq!(restarted.url("x"), url);
+    assert_eq!(select_one(&restarted)?, 1);
+    assert!(alive(other_pid));
+    assert_eq!(select_one(&other_server)?, 1);
+    drop(restarted);
+    assert!(Server::stop_embedded(&cluster.options.embedded)?);
+
+    // A stale postmaster.pid naming an unrelated live process.
+    let mut sleeper = std::process::Command::new("sleep").arg("60").spawn()?;
+    std::fs::write(&pid_file, format!("{}\n", sleeper.id()))?;
+    assert!(!Server::stop_embedded(&cluster.options.embedded)?);
+    let restarted = cluster.connect()?;
+    assert_eq!(select_one(&restarted)?, 1);
+    assert!(alive(sleeper.id()));
+    assert!(
+        sleeper.try_wait()?.is_none(),
+        "the sleeper was not signalled"
+    );
+    sleeper.kill()?;
+    sleeper.wait()?;
+    assert!(alive(other_pid));
     Ok(())
 }
 
@@ -176,7 +248,8 @@ fn sigkilled_server_is_detected_and_restarted_with_its_data() -> TestResult {
         .get(0);
     assert_eq!(value, 42);
     // The old handle re-attaches to the new server: its idle pooled
-    // connections are stale, its URL points at the old port.
+    // connections are stale; the new server runs on the same port.
+    assert_eq!(server.url("x"), recovered.url("x"));
     let after = server.create_database("after_restart", Default::default())?;
     server.drop_database(&after)?;
     assert_eq!(select_one(&server)?, 1);
@@ -191,6 +264,7 @@ fn idle_server_stops_itself() -> TestResult {
     cluster.options.embedded.idle_timeout = Duration::from_millis(600);
     let server = cluster.connect()?;
     let pid = server.embedded_pid().ok_or("embedded")?;
+    let url = server.url("app");
     // While a client is connected it keeps running.
     std::thread::sleep(Duration::from_millis(1500));
     assert!(alive(pid));
@@ -199,8 +273,9 @@ fn idle_server_stops_itself() -> TestResult {
     eventually("the idle server to stop", Duration::from_secs(60), || {
         Ok(!alive(pid))
     })?;
-    // The next caller starts it again.
+    // The next caller starts it again, on the same URL.
     let again = cluster.connect()?;
+    assert_eq!(again.url("app"), url);
     assert_eq!(select_one(&again)?, 1);
     Ok(())
 }
