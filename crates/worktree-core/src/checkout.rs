@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use git2::{IndexEntry, IndexTime, Oid, Repository, Tree, TreeWalkMode, TreeWalkResult};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::error::{Result, git, io};
+use crate::error::{Error, Result, git, io};
 
 /// Files per work item of the parallel checkout.
 const CHUNK: usize = 32;
@@ -32,14 +32,22 @@ pub(crate) struct TreeFile {
     pub(crate) mode: u32,
 }
 
-/// Every blob, symlink and gitlink of `tree`, sorted in index order.
-pub(crate) fn tree_files(tree: &Tree<'_>) -> Result<Vec<TreeFile>> {
+/// Every blob, symlink and gitlink of `tree` (the tree of `commit`), sorted
+/// in index order. Refuses, before anything is written, a tree with an entry
+/// name that could leave the worktree or replace its `.git` (see
+/// [`check_name`]).
+pub(crate) fn tree_files(tree: &Tree<'_>, commit: Oid) -> Result<Vec<TreeFile>> {
     let mut files = Vec::new();
-    tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
+    let mut refused = None;
+    let walked = tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
         let mode = entry.filemode() as u32;
+        let mut path = dir.as_bytes().to_vec();
+        path.extend_from_slice(entry.name_bytes());
+        if let Err(error) = check_name(entry.name_bytes(), mode, &path, commit) {
+            refused = Some(error);
+            return TreeWalkResult::Abort;
+        }
         if matches!(mode, MODE_FILE | MODE_EXEC | MODE_LINK | MODE_GITLINK) {
-            let mut path = dir.as_bytes().to_vec();
-            path.extend_from_slice(entry.name_bytes());
             files.push(TreeFile {
                 path,
                 oid: entry.id(),
@@ -47,10 +55,45 @@ pub(crate) fn tree_files(tree: &Tree<'_>) -> Result<Vec<TreeFile>> {
             });
         }
         TreeWalkResult::Ok
-    })
-    .map_err(git("walk tree", tree.id()))?;
+    });
+    if let Some(error) = refused {
+        return Err(error);
+    }
+    walked.map_err(git("walk tree", tree.id()))?;
+    // A crafted tree may repeat a name or use one both as a file and as a
+    // directory: harmless, as `write_all` creates every directory first and
+    // never replaces anything, so the second one fails to be created.
     files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
+}
+
+/// Refuses a tree entry name that a checkout must never write: empty, `.`,
+/// `..`, containing `/` (so no absolute or multi-part names) or NUL, `.git`
+/// in any case (it would replace the worktree's link to its repository), or
+/// a `.gitmodules` that is a symlink. libgit2's and git's checkouts refuse
+/// the same. `path` is the entry's full path, for the error.
+pub(crate) fn check_name(name: &[u8], mode: u32, path: &[u8], commit: Oid) -> Result<()> {
+    let reason = if name.is_empty() {
+        Some("a path component is empty")
+    } else if name == b"." || name == b".." {
+        Some("a path component is '.' or '..'")
+    } else if name.contains(&b'/') || name.contains(&0) {
+        Some("a tree entry name contains '/' or NUL")
+    } else if name.eq_ignore_ascii_case(b".git") {
+        Some("a path component is '.git'")
+    } else if mode == MODE_LINK && name.eq_ignore_ascii_case(b".gitmodules") {
+        Some("'.gitmodules' is a symlink")
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(Error::UnsafePath {
+            path: String::from_utf8_lossy(path).into_owned(),
+            commit: commit.to_string(),
+            reason,
+        }),
+    }
 }
 
 /// Whether a plain checkout writes exactly the blobs: no attributes (eol,
@@ -223,6 +266,7 @@ fn diff_trees(
     old: Option<&Tree<'_>>,
     new: Option<&Tree<'_>>,
     prefix: &[u8],
+    commit: Oid,
     out: &mut Vec<Change>,
 ) -> Result<()> {
     use std::collections::BTreeMap;
@@ -252,6 +296,9 @@ fn diff_trees(
         }
         let mut path = prefix.to_vec();
         path.extend_from_slice(name);
+        for (_, mode) in o.iter().chain(n.iter()) {
+            check_name(name, *mode, &path, commit)?;
+        }
         if is_tree(&o) || is_tree(&n) {
             let mut dir = path.clone();
             dir.push(b'/');
@@ -260,6 +307,7 @@ fn diff_trees(
                 subtree(&o)?.as_ref(),
                 subtree(&n)?.as_ref(),
                 &dir,
+                commit,
                 out,
             )?;
         }
@@ -276,21 +324,36 @@ fn diff_trees(
     Ok(())
 }
 
-/// Re-points the worktree at `root` from `old` to `new`: writes only the
+/// The paths that differ between the trees `old` and `new` (the tree of
+/// `commit`), every name on them checked with [`check_name`], so that a
+/// hostile tree is refused before [`switch`] writes anything.
+#[derive(Debug)]
+pub(crate) struct Changes(Vec<Change>);
+
+/// Compares `old` with `new` (the tree of `commit`); see [`Changes`].
+pub(crate) fn changes(
+    repo: &Repository,
+    old: &Tree<'_>,
+    new: &Tree<'_>,
+    commit: Oid,
+) -> Result<Changes> {
+    let mut changes = Vec::new();
+    diff_trees(repo, Some(old), Some(new), b"", commit, &mut changes)?;
+    Ok(Changes(changes))
+}
+
+/// Re-points the worktree at `root` by applying `changes`: writes only the
 /// files that differ, removes the ones that are gone, and updates those
 /// entries of the index at `index_path`; returns how many paths it wrote.
-/// Untracked and ignored files are left alone unless a tracked path of `new`
-/// needs their place.
+/// Untracked and ignored files are left alone unless a tracked path of the
+/// new tree needs their place.
 pub(crate) fn switch(
     repo: &Repository,
     root: &Path,
     index_path: &Path,
     index: Option<git2::Index>,
-    old: &Tree<'_>,
-    new: &Tree<'_>,
+    Changes(changes): Changes,
 ) -> Result<usize> {
-    let mut changes = Vec::new();
-    diff_trees(repo, Some(old), Some(new), b"", &mut changes)?;
     let odb = repo
         .odb()
         .map_err(git("open object database", repo.path().display()))?;

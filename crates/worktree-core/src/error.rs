@@ -124,6 +124,17 @@ pub enum Error {
         /// What was asked for.
         what: &'static str,
     },
+    /// A commit's tree holds a path that a checkout must never write (it
+    /// could leave the worktree or replace its `.git`); nothing was written.
+    #[error("refusing to check out commit {commit}: unsafe path {path:?}: {reason}")]
+    UnsafePath {
+        /// The offending path, as far as it was read.
+        path: String,
+        /// The commit whose tree holds it (hex).
+        commit: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A libgit2 operation failed.
     #[error("git: cannot {action} {target}")]
     Git {

@@ -10,11 +10,17 @@
 //! - **Create** `<purpose>-<identifier>` on an existing branch, a new branch
 //!   from a base revision, or a detached HEAD. The files are written by
 //!   several threads straight from the object database and the index is
-//!   built from their stat data. Creation is all or nothing: each step is
+//!   built from their stat data. A tree with a path that could leave the
+//!   worktree or replace its `.git` (`..`, `.git` in any case, empty or
+//!   `/`-holding names) is refused with [`Error::UnsafePath`] before anything
+//!   is written. Creation is all or nothing: each step is
 //!   recorded first, a failure rolls back what was made, and the next call
 //!   rolls back what a crashed process left.
 //! - **Remove** never loses work: uncommitted changes, untracked files and
 //!   commits that exist nowhere else are refused (and listed) unless forced.
+//!   The directory is first renamed to a tombstone in `<worktrees dir>/.trash/`
+//!   (atomic), then the admin entry and the tombstone are deleted, so a crash
+//!   never leaves a half-deleted worktree; the next call finishes the job.
 //! - **Lock** with git's own lock plus the owning process, so that
 //!   [`Worktrees::select_stale`] can tell "old" from "in use".
 //! - **Pool**: [`Worktrees::release_to_pool`] keeps a finished worktree, and
@@ -41,7 +47,7 @@
 //! `worktree.after_admin_dir`, `worktree.after_files`,
 //! `worktree.after_checkout`, `worktree.handout_after_switch`,
 //! `worktree.handout_after_move`, `worktree.release_after_move`,
-//! `worktree.remove_after_dir`).
+//! `worktree.remove_after_rename`, `worktree.remove_during_trash`).
 //!
 //! ```
 //! use worktree_core::{CreateRequest, Options, RemoveOptions, Worktrees};

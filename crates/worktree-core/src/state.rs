@@ -98,14 +98,27 @@ pub(crate) enum Intent {
         /// The commit the pooled worktree's HEAD is detached at.
         head: String,
     },
+    /// A worktree being removed: its directory is renamed to `trash` (a
+    /// tombstone) before anything is deleted. Finished when the directory
+    /// is gone from `path`; dropped (the worktree is whole) when it is
+    /// still there.
+    Remove {
+        id: String,
+        path: PathBuf,
+        trash: PathBuf,
+        admin: PathBuf,
+        /// The branch to delete and the commit it was at when checked.
+        delete_branch: Option<(String, String)>,
+    },
 }
 
 impl Intent {
     pub(crate) fn id(&self) -> &str {
         match self {
-            Intent::Create { id, .. } | Intent::Handout { id, .. } | Intent::Release { id, .. } => {
-                id
-            }
+            Intent::Create { id, .. }
+            | Intent::Handout { id, .. }
+            | Intent::Release { id, .. }
+            | Intent::Remove { id, .. } => id,
         }
     }
 }

@@ -17,6 +17,9 @@ const POOL_REASON: &str = "isolane: pooled worktree, reused by the next create";
 /// The directory (under the worktrees dir) that holds pooled worktrees; its
 /// leading dot keeps it apart from every valid id.
 const POOL_DIR: &str = ".pool";
+/// The directory (under the worktrees dir) where removed worktrees are
+/// moved (as tombstones) before they are deleted.
+const TRASH_DIR: &str = ".trash";
 
 /// Optional settings of [`Worktrees::open`].
 #[derive(Debug, Clone)]
@@ -368,7 +371,7 @@ impl Worktrees {
         let tree = commit.tree().map_err(git("read tree of", target.commit))?;
         let mut files = None;
         if request.submodules {
-            let all = checkout::tree_files(&tree)?;
+            let all = checkout::tree_files(&tree, target.commit)?;
             if checkout::has_gitlinks(&all) {
                 return Err(Error::Unsupported {
                     id,
@@ -386,7 +389,7 @@ impl Worktrees {
 
         let files = match files {
             Some(files) => files,
-            None => checkout::tree_files(&tree)?,
+            None => checkout::tree_files(&tree, target.commit)?,
         };
         let admin_dir = self.free_admin_dir(&id, &admins);
         let intent = Intent::Create {
@@ -605,18 +608,11 @@ impl Worktrees {
             admin: pooled.dir.clone(),
             branch_created: target.branch_created.clone(),
         };
-        self.state.write_intent(&intent)?;
-        let mut step = "create the branch";
-        let result = (|| {
+        // Every changed path is checked before anything is written.
+        let prepared = (|| {
             let commit = repo
                 .find_commit(target.commit)
                 .map_err(git("find commit", target.commit))?;
-            if let Some((branch, _)) = &target.branch_created {
-                repo.branch(branch, &commit, false)
-                    .map_err(git("create branch", branch))?;
-            }
-            step = "switch the pooled worktree";
-            snapshot::forget(&pooled.dir);
             let Head::Detached(old) = &pooled.head else {
                 return Err(Error::InvalidRequest {
                     id: id.clone(),
@@ -629,13 +625,31 @@ impl Worktrees {
                 .and_then(|c| c.tree())
                 .map_err(git("read tree of", old))?;
             let new_tree = commit.tree().map_err(git("read tree of", target.commit))?;
+            let changes = checkout::changes(repo, &old_tree, &new_tree, target.commit)?;
+            Ok((commit, changes))
+        })();
+        let (commit, changes) = match prepared {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                id_lock.remove();
+                return Err(error);
+            }
+        };
+        self.state.write_intent(&intent)?;
+        let mut step = "create the branch";
+        let result = (|| {
+            if let Some((branch, _)) = &target.branch_created {
+                repo.branch(branch, &commit, false)
+                    .map_err(git("create branch", branch))?;
+            }
+            step = "switch the pooled worktree";
+            snapshot::forget(&pooled.dir);
             let written = checkout::switch(
                 repo,
                 &pooled.path,
                 &pooled.dir.join("index"),
                 index,
-                &old_tree,
-                &new_tree,
+                changes,
             )?;
             fault::point("worktree.handout_after_switch");
             step = "move the pooled worktree into place";
@@ -748,11 +762,26 @@ impl Worktrees {
                 kept.push(admin.path);
                 continue;
             }
+            // Moved to the trash first (atomic), so a crash never leaves a
+            // half-deleted pooled worktree; recovery drops the admin entry of
+            // a pooled worktree whose directory is gone, and the tombstone.
+            let mut trash = None;
             if present && admin::owns(&admin.dir, &admin.path) {
-                std::fs::remove_dir_all(&admin.path)
-                    .map_err(io("remove directory", &admin.path))?;
+                let slot = admin
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let tombstone = self.tombstone(&format!(".pool-{slot}"))?;
+                std::fs::rename(&admin.path, &tombstone)
+                    .map_err(io("move worktree to the trash at", &tombstone))?;
+                fault::point("worktree.remove_after_rename");
+                trash = Some(tombstone);
             }
             std::fs::remove_dir_all(&admin.dir).map_err(io("remove directory", &admin.dir))?;
+            if let Some(trash) = trash {
+                delete_tombstone(&trash)?;
+            }
             removed.push(admin.path);
         }
         Ok((removed, kept))
@@ -892,7 +921,11 @@ impl Worktrees {
     /// never a repo-wide prune) and optionally its branch. Refuses, listing
     /// what is at stake, when it has uncommitted changes, untracked files or
     /// commits that exist nowhere else, or is locked by a live process,
-    /// unless forced. A directory already deleted by hand is fine.
+    /// unless forced. A directory already deleted by hand is fine. After
+    /// those checks the directory is renamed to a tombstone in the trash dir
+    /// (`<worktrees dir>/.trash/`) before anything is deleted, so a process
+    /// killed midway never leaves a half-deleted worktree: the next mutating
+    /// call (or [`recover`](Self::recover)) finishes the removal.
     pub fn remove(&self, id: &str, options: RemoveOptions) -> Result<Removed> {
         validate_id(id)?;
         let repo = self.repo()?;
@@ -983,25 +1016,37 @@ impl Worktrees {
                 });
             }
         }
+        let delete_branch = delete_branch.and_then(|branch| {
+            let found = repo.find_branch(branch, BranchType::Local).ok()?;
+            let commit = found.get().target()?;
+            Some((branch.to_owned(), commit.to_string()))
+        });
         let missing = std::fs::symlink_metadata(&admin.path).is_err();
-        if !missing {
-            if !admin::owns(&admin.dir, &admin.path) {
-                return Err(Error::InvalidRequest {
-                    id: id.to_owned(),
-                    reason: "its directory's .git file does not point at its admin entry; not deleting it",
-                });
-            }
-            std::fs::remove_dir_all(&admin.path).map_err(io("remove directory", &admin.path))?;
+        if !missing && !admin::owns(&admin.dir, &admin.path) {
+            return Err(Error::InvalidRequest {
+                id: id.to_owned(),
+                reason: "its directory's .git file does not point at its admin entry; not deleting it",
+            });
         }
-        fault::point("worktree.remove_after_dir");
-        std::fs::remove_dir_all(&admin.dir).map_err(io("remove directory", &admin.dir))?;
-        let mut branch_deleted = None;
-        if let Some(branch) = delete_branch
-            && let Ok(mut found) = repo.find_branch(branch, BranchType::Local)
-        {
-            found.delete().map_err(git("delete branch", branch))?;
-            branch_deleted = Some(branch.to_owned());
+        // The directory leaves its place in one atomic rename before anything
+        // is deleted, so a crash never leaves a half-deleted worktree behind a
+        // live admin entry; the intent lets the next call finish the job.
+        let trash = self.tombstone(id)?;
+        let intent = Intent::Remove {
+            id: id.to_owned(),
+            path: admin.path.clone(),
+            trash: trash.clone(),
+            admin: admin.dir.clone(),
+            delete_branch,
+        };
+        self.state.write_intent(&intent)?;
+        if !missing && let Err(error) = std::fs::rename(&admin.path, &trash) {
+            self.state.clear_intent(id)?;
+            return Err(io("move worktree to the trash at", &trash)(error));
         }
+        fault::point("worktree.remove_after_rename");
+        let branch_deleted = self.finish_remove(repo, &intent)?;
+        self.state.clear_intent(id)?;
         tracing::info!(id, path = %admin.path.display(), missing, branch_deleted, "removed worktree");
         Ok(Removed {
             id: id.to_owned(),
@@ -1009,6 +1054,94 @@ impl Worktrees {
             directory_was_missing: missing,
             branch_deleted,
         })
+    }
+
+    /// A free tombstone path for `name` in the trash dir (created if
+    /// needed): `<worktrees dir>/.trash/<name>-<pid>`, on the worktrees dir's
+    /// file system so that moving a worktree there is one atomic rename. A
+    /// leftover of a crashed process that had our pid is deleted first (the
+    /// caller holds the lock that guards `name`).
+    fn tombstone(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.worktrees_dir.join(TRASH_DIR);
+        std::fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
+        let trash = dir.join(format!("{name}-{}", std::process::id()));
+        delete_tombstone(&trash)?;
+        Ok(trash)
+    }
+
+    /// Finishes a remove whose directory has left its place (moved to its
+    /// tombstone, or deleted by hand): the admin entry (unless it now
+    /// belongs to another worktree), the branch (only if still at the
+    /// commit that was checked and checked out nowhere), then the
+    /// tombstone. Idempotent. Returns the branch deleted.
+    fn finish_remove(&self, repo: &Repository, intent: &Intent) -> Result<Option<String>> {
+        let Intent::Remove {
+            path,
+            trash,
+            admin: dir,
+            delete_branch,
+            ..
+        } = intent
+        else {
+            return Ok(None);
+        };
+        match admin::read(dir)? {
+            Some(other) if other.path != *path => {
+                tracing::warn!(admin = %dir.display(), path = %other.path.display(), "admin entry now belongs to another worktree; keeping it");
+            }
+            _ => match std::fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("remove directory", dir)(e)),
+            },
+        }
+        let mut branch_deleted = None;
+        if let Some((branch, commit)) = delete_branch {
+            let admins = admin::scan(&self.common_dir)?;
+            if self.checked_out_in(branch, &admins).is_none()
+                && let Ok(mut found) = repo.find_branch(branch, BranchType::Local)
+                && found.get().target().map(|t| t.to_string()).as_deref() == Some(commit.as_str())
+            {
+                found.delete().map_err(git("delete branch", branch))?;
+                branch_deleted = Some(branch.clone());
+            }
+        }
+        delete_tombstone(trash)?;
+        Ok(branch_deleted)
+    }
+
+    /// Deletes tombstones left in the trash dir by crashed processes; one
+    /// named after a worktree id whose lock is held belongs to a remove in
+    /// progress and is left alone. Called with the repository lock held.
+    fn sweep_trash(&self) -> Result<()> {
+        let dir = self.worktrees_dir.join(TRASH_DIR);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io("read directory", dir)(e)),
+        };
+        for entry in entries {
+            let trash = entry.map_err(io("read directory", &dir))?.path();
+            let name = trash
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let id = name.rsplit_once('-').map_or(name.as_str(), |(id, _)| id);
+            let lock = if validate_id(id).is_ok() {
+                match FileLock::try_acquire(&self.state.id_lock_path(id))? {
+                    Some(lock) => Some(lock),
+                    None => continue,
+                }
+            } else {
+                None
+            };
+            tracing::warn!(path = %trash.display(), "deleting a tombstone a crash left");
+            delete_tombstone(&trash)?;
+            if let Some(lock) = lock {
+                lock.remove();
+            }
+        }
+        Ok(())
     }
 
     // ----- cleanup ----------------------------------------------------------
@@ -1045,8 +1178,10 @@ impl Worktrees {
 
     // ----- recovery ---------------------------------------------------------
 
-    /// Rolls back (or, for a move into the pool, finishes) every operation
-    /// that a crashed process left half done. Every mutating call does this
+    /// Rolls back (or, for a move into the pool or a remove whose directory
+    /// has left its place, finishes) every operation that a crashed process
+    /// left half done, drops pooled entries whose directory is gone and
+    /// deletes leftover tombstones in the trash dir. Every mutating call does this
     /// first; `isolane doctor` can call it on its own. Returns the ids
     /// repaired.
     pub fn recover(&self) -> Result<Vec<String>> {
@@ -1071,12 +1206,31 @@ impl Worktrees {
             tracing::warn!(id, ?intent, "repairing an operation a crash interrupted");
             match &intent {
                 Intent::Release { .. } => finish_release(&intent)?,
+                Intent::Remove { path, admin, .. } if admin::owns(admin, path) => {
+                    tracing::info!(
+                        id,
+                        "remove stopped before moving the directory; worktree kept whole"
+                    );
+                }
+                Intent::Remove { .. } => {
+                    self.finish_remove(repo, &intent)?;
+                }
                 _ => self.roll_back(repo, &intent)?,
             }
             self.state.clear_intent(&id)?;
             lock.remove();
             repaired.push(id);
         }
+        // A pooled worktree whose directory is gone (a drain killed after
+        // moving it to the trash) is of no use: drop its admin entry.
+        for admin in self.pooled(&admin::scan(&self.common_dir)?) {
+            if std::fs::symlink_metadata(&admin.path).is_err() {
+                tracing::warn!(admin = %admin.dir.display(), "dropping a pooled worktree whose directory is gone");
+                std::fs::remove_dir_all(&admin.dir).map_err(io("remove directory", &admin.dir))?;
+                repaired.push(admin.name());
+            }
+        }
+        self.sweep_trash()?;
         Ok(repaired)
     }
 
@@ -1096,7 +1250,7 @@ impl Worktrees {
                 branch_created,
                 ..
             } => (vec![slot.clone(), path.clone()], admin, branch_created),
-            Intent::Release { .. } => return Ok(()),
+            Intent::Release { .. } | Intent::Remove { .. } => return Ok(()),
         };
         for dir in dirs {
             let ours = admin::owns(admin_dir, &dir)
@@ -1152,6 +1306,35 @@ fn finish_release(intent: &Intent) -> Result<()> {
     }
     fault::point("worktree.release_after_move");
     admin::set_path(dir, slot)
+}
+
+/// Deletes a tombstone (a worktree directory moved to the trash), if it is
+/// there. Idempotent, so a delete killed midway is finished by the next.
+fn delete_tombstone(trash: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(trash) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io("read directory", trash)(e)),
+    };
+    let gone = |result: std::io::Result<()>, path: &Path| match result {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", path)(e)),
+        _ => Ok(()),
+    };
+    for (n, entry) in entries.enumerate() {
+        let entry = entry.map_err(io("read directory", trash))?;
+        let path = entry.path();
+        // The entry's own type: a symlink is removed, never followed.
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir {
+            gone(std::fs::remove_dir_all(&path), &path)?;
+        } else {
+            gone(std::fs::remove_file(&path), &path)?;
+        }
+        if n == 0 {
+            fault::point("worktree.remove_during_trash");
+        }
+    }
+    gone(std::fs::remove_dir(trash), trash)
 }
 
 fn lock_info(admin: &Admin) -> Option<LockInfo> {

@@ -1,14 +1,15 @@
 use std::path::PathBuf;
 
 use test_support::{GitRepo, TestResult, child};
-use worktree_core::{CreateRequest, Error, Options, Released, Worktrees};
+use worktree_core::{CreateRequest, Error, Options, Released, RemoveOptions, Worktrees};
 
 use crate::{status, worktree_list};
 
 const FAULT_ENV: &str = "ISOLANE_FAULT";
 
-/// Child role: `create <repo> <identifier> <branch> [pool]`, or
-/// `release <repo> <id>`. Reports on stdout, which the parent reads.
+/// Child role: `create <repo> <identifier> <branch> [pool]`,
+/// `release <repo> <id>`, `remove <repo> <id> [delete-branch]` or
+/// `drain <repo>`. Reports on stdout, which the parent reads.
 #[allow(clippy::print_stdout)]
 fn child_body(args: &[String]) -> TestResult {
     let repo = PathBuf::from(&args[1]);
@@ -27,7 +28,14 @@ fn child_body(args: &[String]) -> TestResult {
             worktrees.release_to_pool(&args[2])?;
         }
         "remove" => {
-            worktrees.remove(&args[2], worktree_core::RemoveOptions::default())?;
+            let options = worktree_core::RemoveOptions {
+                force: false,
+                delete_branch: args.get(3).is_some(),
+            };
+            worktrees.remove(&args[2], options)?;
+        }
+        "drain" => {
+            worktrees.drain_pool()?;
         }
         other => return Err(format!("unknown child role {other}").into()),
     }
@@ -255,6 +263,164 @@ fn kill_9_at_any_moment_of_a_create_leaves_all_or_nothing() -> TestResult {
                 "round {round}"
             );
         }
+        assert_eq!(worktree_list(&repo)?, list_before, "round {round}");
+    }
+    Ok(())
+}
+
+/// The tombstones in the trash dir.
+fn trash(worktrees: &Worktrees) -> TestResult<Vec<PathBuf>> {
+    match std::fs::read_dir(worktrees.worktrees_dir().join(".trash")) {
+        Ok(entries) => Ok(entries
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[test]
+fn crash_during_remove_is_finished_by_the_next_call() -> TestResult {
+    if let Some(args) = child::args() {
+        return child_body(&args);
+    }
+    let test = "crash::crash_during_remove_is_finished_by_the_next_call";
+    let repo = GitRepo::new()?;
+    for i in 0..40 {
+        repo.write(format!("d{}/f{i}.txt", i % 4), format!("{i}\n"))?;
+    }
+    repo.commit_all("files")?;
+    let repo_arg = repo.path().to_str().ok_or("path")?;
+    let worktrees = Worktrees::open(repo.path(), Options::default())?;
+    let list_before = worktree_list(&repo)?;
+    for (round, fault) in [
+        "worktree.remove_after_rename",
+        "worktree.remove_during_trash",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let created = worktrees.create(
+            &CreateRequest::new("test", format!("doomed{round}")).branch(format!("doomed/{round}")),
+        )?;
+        let admin_dir = repo.path().join(".git/worktrees").join(&created.id);
+        assert!(admin_dir.is_dir());
+        crash_child(
+            test,
+            fault,
+            &["remove", repo_arg, &created.id, "delete-branch"],
+        )?;
+        // Killed midway: the worktree's own path never holds a half-deleted
+        // directory; what is left is a tombstone in the trash.
+        assert!(!created.path.exists(), "{fault}");
+        assert_eq!(trash(&worktrees)?.len(), 1, "{fault}");
+        if fault == "worktree.remove_after_rename" {
+            assert!(admin_dir.is_dir(), "{fault}");
+            assert!(worktree_list(&repo)?.contains(created.path.to_str().ok_or("path")?));
+            // The next call of any kind finishes the remove.
+            assert_eq!(worktrees.recover()?, std::slice::from_ref(&created.id));
+        } else {
+            let other = worktrees.create(&CreateRequest::new("test", "bystander"))?;
+            worktrees.remove(
+                &other.id,
+                RemoveOptions {
+                    force: false,
+                    delete_branch: true,
+                },
+            )?;
+        }
+        assert!(!created.path.exists(), "{fault}");
+        assert!(!admin_dir.exists(), "{fault}");
+        assert!(trash(&worktrees)?.is_empty(), "{fault}");
+        assert!(
+            repo.git([
+                "rev-parse",
+                "--verify",
+                "-q",
+                &format!("refs/heads/doomed/{round}")
+            ])
+            .is_err(),
+            "branch left after {fault}"
+        );
+        assert_eq!(worktree_list(&repo)?, list_before, "{fault}");
+        assert!(worktrees.recover()?.is_empty(), "{fault}");
+        assert!(
+            matches!(
+                worktrees.remove(&created.id, RemoveOptions::default()),
+                Err(Error::NotFound { .. })
+            ),
+            "{fault}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn crash_while_draining_the_pool_is_cleaned_up() -> TestResult {
+    if let Some(args) = child::args() {
+        return child_body(&args);
+    }
+    let test = "crash::crash_while_draining_the_pool_is_cleaned_up";
+    let repo = GitRepo::new()?;
+    let repo_arg = repo.path().to_str().ok_or("path")?;
+    let worktrees = Worktrees::open(repo.path(), Options::default())?;
+    let list_before = worktree_list(&repo)?;
+    for fault in [
+        "worktree.remove_after_rename",
+        "worktree.remove_during_trash",
+    ] {
+        let first = worktrees.create(&CreateRequest::new("test", "pooled"))?;
+        let Released::Pooled(slot) = worktrees.release_to_pool(&first.id)? else {
+            return Err("not pooled".into());
+        };
+        crash_child(test, fault, &["drain", repo_arg])?;
+        assert!(!slot.exists(), "{fault}");
+        assert_eq!(trash(&worktrees)?.len(), 1, "{fault}");
+        worktrees.recover()?;
+        assert!(trash(&worktrees)?.is_empty(), "{fault}");
+        assert_eq!(worktree_list(&repo)?, list_before, "{fault}");
+        assert_eq!(worktrees.list()?.len(), 1, "{fault}");
+    }
+    Ok(())
+}
+
+#[test]
+fn kill_9_at_any_moment_of_a_remove_leaves_it_whole_or_gone() -> TestResult {
+    if let Some(args) = child::args() {
+        return child_body(&args);
+    }
+    let test = "crash::kill_9_at_any_moment_of_a_remove_leaves_it_whole_or_gone";
+    let repo = GitRepo::new()?;
+    for i in 0..600 {
+        repo.write(
+            format!("d{}/f{i}.txt", i % 20),
+            format!("file {i}\n").repeat(40),
+        )?;
+    }
+    repo.commit_all("many files")?;
+    let repo_arg = repo.path().to_str().ok_or("path")?.to_owned();
+    let worktrees = Worktrees::open(repo.path(), Options::default())?;
+    let list_before = worktree_list(&repo)?;
+    for (round, delay_ms) in [0u64, 5, 15, 30, 60, 120, 250, 2_000]
+        .into_iter()
+        .enumerate()
+    {
+        let created = worktrees.create(&CreateRequest::new("test", format!("r{round}")))?;
+        let mut victim = child::spawn(
+            test,
+            &["remove".into(), repo_arg.clone(), created.id.clone()],
+        )?;
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        victim.kill()?; // SIGKILL
+        victim.wait()?;
+        worktrees.recover()?;
+        assert!(trash(&worktrees)?.is_empty(), "round {round}");
+        if created.path.exists() {
+            // Killed before the directory moved: whole, clean, removable.
+            assert_eq!(status(&created.path)?, "", "round {round}");
+            worktrees.remove(&created.id, RemoveOptions::default())?;
+        }
+        assert!(!created.path.exists(), "round {round}");
         assert_eq!(worktree_list(&repo)?, list_before, "round {round}");
     }
     Ok(())

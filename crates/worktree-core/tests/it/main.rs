@@ -3,6 +3,7 @@
 
 mod crash;
 mod create;
+mod hostile;
 mod lock;
 mod names;
 mod pool;
