@@ -14,6 +14,7 @@ const GROUPS: &[Group] = &[
     ("worktree", benches::worktree::run),
     ("pg", benches::pg::run),
     ("migrations", benches::migrations::run),
+    ("cli", benches::cli::run),
 ];
 
 fn main() -> ExitCode {

@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub mod cli;
 pub mod fixtures;
 pub mod migration_fixture;
 pub mod migrations;

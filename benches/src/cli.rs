@@ -1,0 +1,152 @@
+//! `cli`: `isolane create` end to end (worktree, two leased ports, a
+//! database cloned from a migrated template, `.env.test` and metadata) on the
+//! generated large repository, beside a bare `git worktree add` of the same
+//! commit, interleaved. Both are removed between iterations, untimed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::fixtures::large_repo;
+use crate::{BenchResult, Config, Report, Row, Samples, interleaved, ms, ratio};
+
+/// The release `isolane` binary, built (or brought up to date) for this
+/// run. A bench cannot depend on another package's binary, and `cargo
+/// bench` holds the lock of its own target dir while benches run, so the
+/// binary is built in a target dir of its own: `target/bench-bin`.
+fn isolane_binary(config: &Config) -> BenchResult<PathBuf> {
+    let target = config
+        .scratch
+        .parent()
+        .ok_or("the scratch dir has no parent")?
+        .join("bench-bin");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "isolane",
+            "--bin",
+            "isolane",
+        ])
+        .env("CARGO_TARGET_DIR", &target)
+        .status()?;
+    let binary = target.join("release").join("isolane");
+    if !status.success() || !binary.exists() {
+        return Err(format!("cannot build {}", binary.display()).into());
+    }
+    Ok(binary)
+}
+
+fn run_ok(command: &mut Command) -> BenchResult {
+    let output = command.output()?;
+    if !output.status.success() {
+        return Err(format!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Runs the group.
+pub fn run(config: &Config, report: &mut Report) -> BenchResult {
+    let binary = isolane_binary(config)?;
+    let fixtures = config.scratch.join("fixtures");
+    std::fs::create_dir_all(&fixtures)?;
+    let repo = large_repo(&fixtures, config.quick)?;
+    let scratch = tempfile::tempdir_in(&config.scratch)?;
+    let migrations = scratch.path().join("migrations");
+    crate::migration_fixture::generate(&migrations, config.iterations(50, 10))?;
+    // An untracked isolane.toml in the fixture's root; the state of ports
+    // in the scratch dir, so the benchmark never touches real leases.
+    std::fs::write(
+        repo.join("isolane.toml"),
+        format!(
+            "worktrees_dir = \"bench-worktrees\"\n[database]\nmigrations = \"{}\"\n",
+            migrations.display()
+        ),
+    )?;
+    let state = scratch.path().join("state");
+    let isolane = |args: &[&str]| {
+        let mut command = Command::new(&binary);
+        command
+            .args(args)
+            .current_dir(&repo)
+            .env("ISOLANE_STATE_DIR", &state);
+        command
+    };
+    // The template is built once, as a project's first create would.
+    run_ok(isolane(&["create", "--purpose", "bench", "--identifier", "warm"]).arg("--json"))?;
+    run_ok(&mut isolane(&["remove", "bench-warm", "--force"]))?;
+
+    let git_dir = scratch.path().join("git");
+    // Both sides leave their worktrees in place until the end (removal is
+    // not what is measured), so both see the same growing worktree list.
+    let mut created = Vec::new();
+    let mut added = Vec::new();
+    let iterations = config.iterations(8, 3);
+    let (create, git) = interleaved(
+        1,
+        iterations,
+        || {
+            let id = format!("c{}", created.len());
+            run_ok(&mut isolane(&[
+                "create",
+                "--purpose",
+                "bench",
+                "--identifier",
+                &id,
+            ]))?;
+            created.push(format!("bench-{id}"));
+            Ok(())
+        },
+        || {
+            let n = added.len();
+            let (path, branch) = (git_dir.join(format!("g{n}")), format!("bench/cli-git-{n}"));
+            git_worktree_add(&repo, &path, &branch)?;
+            added.push((path, branch));
+            Ok(())
+        },
+    )?;
+    for id in &created {
+        run_ok(&mut isolane(&["remove", id, "--force"]))?;
+    }
+    for (path, branch) in &added {
+        git_worktree_remove(&repo, path, branch)?;
+    }
+    std::fs::remove_file(repo.join("isolane.toml"))?;
+    record(report, create, git);
+    Ok(())
+}
+
+fn git_worktree_add(repo: &Path, path: &Path, branch: &str) -> BenchResult {
+    let path = path.to_str().ok_or("non-UTF-8 scratch path")?;
+    test_support::git(repo, ["worktree", "add", "-q", "-b", branch, path, "main"])?;
+    Ok(())
+}
+
+fn git_worktree_remove(repo: &Path, path: &Path, branch: &str) -> BenchResult {
+    let path = path.to_str().ok_or("non-UTF-8 scratch path")?;
+    test_support::git(repo, ["worktree", "remove", "--force", path])?;
+    test_support::git(repo, ["branch", "-D", "-q", branch])?;
+    Ok(())
+}
+
+fn record(report: &mut Report, create: Samples, git: Samples) {
+    report.figure("cli.create_ms_p50", ms(create.percentile(50.0)));
+    report.figure("cli.create_ms_p95", ms(create.percentile(95.0)));
+    report.figure("cli.git_worktree_add_ms_p50", ms(git.percentile(50.0)));
+    report.figure(
+        "cli.create_vs_git",
+        ratio(create.percentile(50.0), git.percentile(50.0)),
+    );
+    report.row(Row {
+        group: "cli",
+        subject: "isolane create (worktree + 2 ports + database from template)".to_owned(),
+        samples: create,
+        baseline: Some(("git worktree add".to_owned(), git)),
+    });
+}
