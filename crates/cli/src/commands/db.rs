@@ -1,7 +1,7 @@
 //! `isolane db ...`: reset, migrate, check-rollback, list, clean.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
@@ -45,34 +45,28 @@ fn repo_if_any() -> Option<Repo> {
     Repo::discover().ok()
 }
 
-/// `--dir`, else the configured migrations directory.
-fn migrations_dir(dir: Option<&Path>, repo: Option<&Repo>) -> Result<PathBuf> {
-    if let Some(dir) = dir {
-        return Ok(dir.to_owned());
-    }
-    repo.and_then(|r| {
-        r.config
-            .database
-            .migrations
+/// The repository (when run inside one), its configuration (else the
+/// defaults) and the migrations of `--dir`, else of `database.migrations`.
+fn context_and_migrations(
+    dir: Option<&Path>,
+) -> Result<(Option<Repo>, Config, pg_isolate::Migrations)> {
+    let repo = repo_if_any();
+    let config = repo.as_ref().map(|r| r.config.clone()).unwrap_or_default();
+    let dir = match dir {
+        Some(dir) => dir.to_owned(),
+        None => repo
             .as_ref()
-            .map(|m| r.root.join(m))
-    })
-    .ok_or_else(|| {
-        InputError(
-            "no migrations directory: pass --dir or set database.migrations in isolane.toml"
-                .to_owned(),
-        )
-        .into()
-    })
+            .and_then(|r| r.config.database.migrations.as_ref().map(|m| r.root.join(m)))
+            .ok_or_else(|| {
+                InputError("no migrations directory: pass --dir or set database.migrations in isolane.toml".to_owned())
+            })?,
+    };
+    let migrations = load_migrations(&dir, &config)?;
+    Ok((repo, config, migrations))
 }
 
 fn migrate(args: &MigrateArgs) -> Result<ExitCode> {
-    let repo = repo_if_any();
-    let config = repo.as_ref().map(|r| r.config.clone()).unwrap_or_default();
-    let migrations = load_migrations(
-        &migrations_dir(args.dir.as_deref(), repo.as_ref())?,
-        &config,
-    )?;
+    let (repo, _, migrations) = context_and_migrations(args.dir.as_deref())?;
     let target = match args.to.as_str() {
         "latest" => pg_isolate::Target::Latest,
         "none" => pg_isolate::Target::None,
@@ -127,12 +121,7 @@ fn migrate(args: &MigrateArgs) -> Result<ExitCode> {
 }
 
 fn check_rollback(args: &CheckRollbackArgs) -> Result<ExitCode> {
-    let repo = repo_if_any();
-    let config = repo.as_ref().map(|r| r.config.clone()).unwrap_or_default();
-    let migrations = load_migrations(
-        &migrations_dir(args.dir.as_deref(), repo.as_ref())?,
-        &config,
-    )?;
+    let (_, config, migrations) = context_and_migrations(args.dir.as_deref())?;
     progress(format_args!(
         "checking the rollback of {} migrations in {}",
         migrations.len(),
