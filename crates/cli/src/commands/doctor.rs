@@ -51,15 +51,7 @@ pub(super) fn run(fix: bool, json: bool) -> Result<ExitCode> {
 
     for entry in doc.entries.values() {
         if entry.is_abandoned() {
-            let how = if entry.phase == Phase::Creating {
-                Teardown::rollback()
-            } else {
-                Teardown {
-                    force: false,
-                    keep_branch: false,
-                    hooks: false,
-                }
-            };
+            let how = Teardown::finishing(entry);
             findings.push(repair(
                 fix,
                 "interrupted-operation",

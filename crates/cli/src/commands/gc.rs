@@ -50,14 +50,7 @@ pub(super) fn run(args: &GcArgs) -> Result<ExitCode> {
     let doc = repo.registry.read()?;
     for entry in doc.entries.values().filter(|e| e.is_abandoned()) {
         if !args.dry_run {
-            let how = match entry.phase {
-                Phase::Creating => Teardown::rollback(),
-                _ => Teardown {
-                    force: false,
-                    keep_branch: false,
-                    hooks: false,
-                },
-            };
+            let how = Teardown::finishing(entry);
             progress(format_args!(
                 "finishing the interrupted {} of {}",
                 phase_verb(entry.phase),

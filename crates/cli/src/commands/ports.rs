@@ -8,7 +8,6 @@ use serde::Serialize;
 
 use super::{age, print_json};
 use crate::cli::PortsCommand;
-use crate::config::Config;
 use crate::context::{Repo, open_ports};
 
 #[derive(Debug, Serialize)]
@@ -22,17 +21,22 @@ struct LeaseRow {
 }
 
 pub(super) fn run(command: Option<PortsCommand>, json: bool) -> Result<ExitCode> {
+    // Inside a repository its configuration (the port range) applies; the
+    // leases are host-wide either way.
+    let repo = Repo::discover().ok();
+    let config = repo.as_ref().map(|r| r.config.clone()).unwrap_or_default();
+    let ports = open_ports(&config)?;
     match command.unwrap_or(PortsCommand::List) {
-        PortsCommand::List => list(json),
+        PortsCommand::List => list(&ports, json),
         PortsCommand::Release { owner } => {
             // A worktree id of this repository, or any owner as listed.
-            let owner = match Repo::discover() {
-                Ok(repo) if repo.registry.read()?.entries.contains_key(&owner) => {
+            let owner = match &repo {
+                Some(repo) if repo.registry.read()?.entries.contains_key(&owner) => {
                     repo.owner(&owner)
                 }
                 _ => owner,
             };
-            let released = open_ports(&config_or_default())?.release_owner(&owner)?;
+            let released = ports.release_owner(&owner)?;
             if json {
                 print_json(&released)?;
             } else if released.is_empty() {
@@ -43,7 +47,7 @@ pub(super) fn run(command: Option<PortsCommand>, json: bool) -> Result<ExitCode>
             Ok(ExitCode::SUCCESS)
         }
         PortsCommand::Reclaim => {
-            let reclaimed = open_ports(&config_or_default())?.reclaim()?;
+            let reclaimed = ports.reclaim()?;
             if json {
                 let rows: Vec<_> = reclaimed.iter().map(|r| (&r.owner, &r.ports)).collect();
                 print_json(&rows)?;
@@ -58,14 +62,8 @@ pub(super) fn run(command: Option<PortsCommand>, json: bool) -> Result<ExitCode>
     }
 }
 
-/// The repository's configuration when run inside one (for its port
-/// range), else the defaults: the leases are host-wide either way.
-fn config_or_default() -> Config {
-    Repo::discover().map(|repo| repo.config).unwrap_or_default()
-}
-
-fn list(json: bool) -> Result<ExitCode> {
-    let rows: Vec<LeaseRow> = open_ports(&config_or_default())?
+fn list(ports: &port_alloc::PortAllocator, json: bool) -> Result<ExitCode> {
+    let rows: Vec<LeaseRow> = ports
         .list()?
         .into_iter()
         .map(|lease| LeaseRow {

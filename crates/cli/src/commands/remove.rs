@@ -34,6 +34,19 @@ impl Teardown {
             hooks: false,
         }
     }
+
+    /// Finishing what a crashed process left: a create is rolled back, a
+    /// remove is carried on without force (work found meanwhile is kept).
+    pub(crate) fn finishing(entry: &Entry) -> Self {
+        match entry.phase {
+            Phase::Creating => Self::rollback(),
+            Phase::Ready | Phase::Removing => Self {
+                force: false,
+                keep_branch: false,
+                hooks: false,
+            },
+        }
+    }
 }
 
 /// What a teardown did.
