@@ -2,7 +2,7 @@
 //! process kill itself with SIGKILL when it reaches that step, exactly as a
 //! `kill -9` from outside would, with nothing flushed or cleaned up.
 //!
-//! The steps: `create.after_worktree`, `create.after_ports`,
+//! The steps: `create.after_intent`, `create.after_worktree`, `create.after_ports`,
 //! `create.after_database`, `create.during_hooks`, `remove.after_intent`,
 //! `remove.after_worktree`, `remove.after_database`, `remove.after_ports`.
 

@@ -82,6 +82,7 @@ pub(super) fn run(args: &CreateArgs) -> Result<ExitCode> {
         );
         Ok(())
     })?;
+    crate::fault::point("create.after_intent");
 
     match build(&repo, args, &id, &port_names, want_database) {
         Ok(created) => {
