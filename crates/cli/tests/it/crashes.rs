@@ -124,3 +124,101 @@ fn a_remove_killed_at_any_step_is_finished_by_gc_or_doctor() -> TestResult {
     }
     Ok(())
 }
+
+/// `kill -9` from outside at moments spread over whole creates and
+/// removes (not only at the named steps): after `gc` and `doctor --fix`,
+/// every worktree left is complete and everything else is gone.
+#[test]
+fn commands_killed_at_arbitrary_moments_are_repaired() -> TestResult {
+    let repo = repo_with_config("[hooks]\npost_create = [\"true\"]\n")?;
+    let root = repo.path();
+    let quiet = |command: &mut std::process::Command| {
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+    };
+    for round in 0..16u64 {
+        // Leases are host-wide and outlive a failed run's repository: the
+        // pid keeps this run's names apart from any earlier run's.
+        let identifier = format!("k{round}p{}", std::process::id());
+        let id = format!("test-kill-{identifier}");
+        // Delays from 0 to ~600 ms, in an order that is not monotonic.
+        let delay = std::time::Duration::from_millis(round * 211 % 640);
+        let mut create = quiet(isolane(root).args([
+            "create",
+            "--purpose",
+            "test-kill",
+            "--identifier",
+            &identifier,
+        ]))?;
+        std::thread::sleep(delay);
+        create.kill()?;
+        let created = create.wait()?.success();
+        if created && round % 2 == 0 {
+            let mut remove = quiet(isolane(root).args(["remove", &id]))?;
+            std::thread::sleep(delay / 2);
+            remove.kill()?;
+            remove.wait()?;
+        }
+    }
+    ok(root, &["gc"])?;
+    ok(root, &["doctor", "--fix"])?;
+    ok(root, &["doctor"])?;
+    let suffix = format!("p{}", std::process::id());
+
+    // What is left is whole: each entry ready, with its directory, leases
+    // and database; nothing exists that no entry accounts for.
+    let listed = json(root, &["list"])?;
+    let entries = listed.as_array().ok_or("list is not an array")?;
+    let mut ids = Vec::new();
+    for entry in entries {
+        let id = entry["id"].as_str().ok_or("id")?.to_owned();
+        assert_eq!(entry["state"], "ready", "{entry}");
+        assert!(
+            root.join("worktrees").join(&id).is_dir(),
+            "{id}: no directory"
+        );
+        let database = entry["database"].as_str().ok_or("database")?;
+        assert!(database_names(root)?.iter().any(|d| d == database), "{id}");
+        ids.push(id);
+    }
+    for dir in std::fs::read_dir(root.join("worktrees"))? {
+        let dir = dir?;
+        let name = dir.file_name().to_string_lossy().into_owned();
+        if name == ".trash" {
+            // worktree-core's tombstones: none may be left.
+            let left: Vec<_> = std::fs::read_dir(dir.path())?.collect();
+            assert!(left.is_empty(), "tombstones left: {left:?}");
+            continue;
+        }
+        assert!(ids.contains(&name), "{name}: a directory no entry owns");
+    }
+    for (owner, _) in leases(root)? {
+        if let Some(at) = owner
+            .find("test-kill-")
+            .filter(|_| owner.ends_with(&suffix))
+        {
+            assert!(
+                ids.contains(&owner[at..].to_owned()),
+                "{owner}: orphan lease"
+            );
+        }
+    }
+    for database in database_names(root)? {
+        if database.starts_with("testdb_test_kill_") && database.ends_with(&suffix) {
+            assert!(
+                entries.iter().any(|e| e["database"] == database.as_str()),
+                "{database}: orphan database"
+            );
+        }
+    }
+    for id in &ids {
+        ok(root, &["remove", id])?;
+    }
+    for id in &ids {
+        let database = format!("testdb_{}", id.replace('-', "_"));
+        assert_gone(&repo, id, &database)?;
+    }
+    Ok(())
+}
