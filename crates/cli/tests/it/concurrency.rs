@@ -65,9 +65,16 @@ fn eight_concurrent_creates_get_distinct_ports_paths_and_databases() -> TestResu
 
 #[test]
 fn an_interrupted_run_stops_its_services_and_unlocks_the_worktree() -> TestResult {
+    // Two services; the second leaves a grandchild behind its shell, which
+    // must be stopped with it (the whole process group goes).
+    // The pid goes outside the worktree (beside the repository, in the same
+    // temporary directory) so the worktree stays clean.
     let repo = repo_with_config(
         "[database]\nenabled = false\n\n[[services]]\nname = \"web\"\n\
-         command = \"exec python3 -m http.server $APP_PORT --bind 127.0.0.1\"\nready = \"APP_PORT\"\n",
+         command = \"exec python3 -m http.server $APP_PORT --bind 127.0.0.1\"\nready = \"APP_PORT\"\n\n\
+         [[services]]\nname = \"api\"\n\
+         command = \"sleep 600 & echo $! > ../../../grandchild.pid; exec python3 -m http.server $API_PORT --bind 127.0.0.1\"\n\
+         ready = \"API_PORT\"\n",
     )?;
     let root = repo.path();
     let created = json(
@@ -75,8 +82,11 @@ fn an_interrupted_run_stops_its_services_and_unlocks_the_worktree() -> TestResul
         &["create", "--purpose", "test-sigint", "--identifier", "a"],
     )?;
     let port = created["ports"]["APP_PORT"].as_u64().ok_or("no port")? as u16;
+    let api_port = created["ports"]["API_PORT"].as_u64().ok_or("no port")? as u16;
+    let grandchild_file = root.parent().ok_or("no parent")?.join("grandchild.pid");
 
-    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        let _ = std::fs::remove_file(&grandchild_file);
         let mut run = isolane(root)
             .args(["run", "test-sigint-a", "--", "sleep", "600"])
             .stdin(Stdio::null())
@@ -84,7 +94,7 @@ fn an_interrupted_run_stops_its_services_and_unlocks_the_worktree() -> TestResul
             .stderr(Stdio::null())
             .spawn()?;
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !listening(port) {
+        while !listening(port) || !listening(api_port) {
             assert!(Instant::now() < deadline, "the service never came up");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -105,6 +115,15 @@ fn an_interrupted_run_stops_its_services_and_unlocks_the_worktree() -> TestResul
         };
         assert!(!status.success(), "{signal}: {status}");
         assert!(!listening(port), "{signal}: the service outlived the run");
+        assert!(
+            !listening(api_port),
+            "{signal}: the service outlived the run"
+        );
+        let grandchild: i32 = std::fs::read_to_string(&grandchild_file)?.trim().parse()?;
+        assert!(
+            kill(Pid::from_raw(grandchild), None).is_err(),
+            "{signal}: the service's grandchild {grandchild} outlived the run"
+        );
         let shown = json(root, &["show", "test-sigint-a"])?;
         assert_eq!(shown["state"], "ready", "{signal}: still locked: {shown}");
     }
