@@ -4,6 +4,8 @@
 //!   CLI (so the libraries under test are checked against git itself).
 //! - [`child`]: run a test's own body again in a separate process, for
 //!   concurrency and `kill -9` tests with real processes.
+//! - [`fuzz`]: time-bounded property fuzzing with proptest.
+//! - [`mount`]: a tiny tmpfs that really fills up or turns read-only.
 #![deny(missing_docs)]
 
 use std::ffi::OsStr;
@@ -12,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub mod child;
+pub mod fuzz;
+pub mod mount;
 
 /// The result type of test bodies and fixtures.
 pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -119,4 +123,29 @@ impl GitRepo {
     pub fn branch(&self, branch: &str) -> io::Result<()> {
         self.git(["branch", branch]).map(drop)
     }
+}
+
+/// Everything under `dir`, for before/after comparisons: each path
+/// (relative) with `file:<contents>`, `link:<target>` or `dir`. Symlinks are
+/// recorded, never followed.
+pub fn tree_snapshot(dir: &Path) -> io::Result<std::collections::BTreeMap<PathBuf, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current)? {
+            let path = entry?.path();
+            let relative = path.strip_prefix(dir).unwrap_or(&path).to_owned();
+            let kind = std::fs::symlink_metadata(&path)?.file_type();
+            let value = if kind.is_symlink() {
+                format!("link:{}", std::fs::read_link(&path)?.display())
+            } else if kind.is_dir() {
+                pending.push(path);
+                "dir".to_owned()
+            } else {
+                format!("file:{}", String::from_utf8_lossy(&std::fs::read(&path)?))
+            };
+            out.insert(relative, value);
+        }
+    }
+    Ok(out)
 }
