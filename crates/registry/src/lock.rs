@@ -3,7 +3,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -50,17 +50,36 @@ impl Drop for Guard<'_> {
 }
 
 /// Opens (creating if needed, never truncating or deleting) the lock file.
+///
+/// On a read-only filesystem an existing lock file is opened read-only
+/// (`flock` does not need write access), so the document can still be read
+/// and an update fails where it writes, with [`Error::Write`] naming the
+/// document.
 pub(crate) fn open(path: &Path) -> Result<File, Error> {
-    OpenOptions::new()
+    let lock_error = |source| Error::Lock {
+        path: path.to_owned(),
+        source,
+    };
+    match OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(|source| Error::Lock {
-            path: path.to_owned(),
-            source,
-        })
+    {
+        Ok(file) => Ok(file),
+        Err(error) if error.kind() == std::io::ErrorKind::ReadOnlyFilesystem => {
+            match File::open(path) {
+                Ok(file) => {
+                    tracing::debug!(path = %path.display(), "lock file on a read-only filesystem; opened read-only");
+                    Ok(file)
+                }
+                // No lock file to share: report the read-only filesystem.
+                Err(_) => Err(lock_error(error)),
+            }
+        }
+        Err(error) => Err(lock_error(error)),
+    }
 }
 
 /// Takes the lock on `file` (the lock file at `path`), waiting at most
@@ -102,7 +121,7 @@ pub(crate) fn acquire<'a>(
         Err(TryLockError::Error(source)) => return Err(lock_error(source)),
     };
     if mode == Mode::Exclusive {
-        record_holder(guard.file(), path)?;
+        record_holder(guard.file(), path);
     }
     Ok(guard)
 }
@@ -171,13 +190,15 @@ fn wait_blocking(path: &Path, mode: Mode, timeout: Duration) -> Result<Option<Fi
 /// Width of the pid record: fixed, so that one positioned write replaces it.
 const RECORD_WIDTH: usize = 11;
 
-fn record_holder(file: &File, path: &Path) -> Result<(), Error> {
+/// Records our pid in the lock file, for [`Error::LockTimeout`] messages of
+/// others. Best effort: the record only improves a message, so a full or
+/// read-only filesystem must not fail the transaction here; the document's
+/// own write reports that, naming the document.
+fn record_holder(file: &File, path: &Path) {
     let record = format!("{:>width$}\n", std::process::id(), width = RECORD_WIDTH - 1);
-    file.write_all_at(record.as_bytes(), 0)
-        .map_err(|source| Error::Lock {
-            path: PathBuf::from(path),
-            source,
-        })
+    if let Err(error) = file.write_all_at(record.as_bytes(), 0) {
+        tracing::debug!(path = %path.display(), %error, "cannot record the lock holder");
+    }
 }
 
 fn recorded_holder(file: &File) -> Option<u32> {

@@ -2,6 +2,8 @@
 //! processes.
 
 mod concurrency;
+mod fuzz;
+mod storage;
 mod store;
 
 use serde::{Deserialize, Serialize};
