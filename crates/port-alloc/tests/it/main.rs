@@ -2,6 +2,7 @@
 
 mod concurrency;
 mod errors;
+mod fuzz;
 mod leasing;
 mod reclaim;
 
