@@ -135,6 +135,18 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A path isolane would write in, move into or delete leads outside
+    /// the directory it belongs to (a symlink, or a parent that is one):
+    /// it is never followed.
+    #[error("{path} leads to {resolved}, outside {inside}: refusing to follow it")]
+    Escapes {
+        /// The path as isolane would use it.
+        path: PathBuf,
+        /// Where it really leads.
+        resolved: PathBuf,
+        /// The directory it must stay inside.
+        inside: PathBuf,
+    },
     /// A libgit2 operation failed.
     #[error("git: cannot {action} {target}")]
     Git {

@@ -87,7 +87,7 @@ mod worktrees;
 
 pub use discover::{RepoPaths, discover};
 pub use error::{Error, Result};
-pub use names::{MAX_NAME_LEN, validate_name};
+pub use names::{MAX_NAME_LEN, validate_branch, validate_name};
 pub use worktrees::{
     CreateRequest, LockInfo, Options, Released, RemoveOptions, Removed, Selection, SkipReason,
     Worktree, WorktreeInfo, Worktrees,

@@ -50,8 +50,14 @@ fn validate(kind: &'static str, name: &str, max: usize) -> Result<()> {
 }
 
 /// Checks a branch name: a valid git branch name that cannot be mistaken for
-/// an option or a full ref name.
-pub(crate) fn validate_branch(name: &str) -> Result<()> {
+/// an option, a revision or a full ref name, without whitespace or control
+/// characters.
+///
+/// ```
+/// assert!(worktree_core::validate_branch("feature/user-roles").is_ok());
+/// assert!(worktree_core::validate_branch("a..b").is_err());
+/// ```
+pub fn validate_branch(name: &str) -> Result<()> {
     let refuse = |reason| {
         Err(Error::InvalidName {
             kind: "branch",
@@ -68,7 +74,12 @@ pub(crate) fn validate_branch(name: &str) -> Result<()> {
     if name.len() > 255 {
         return refuse("it is longer than 255 bytes");
     }
-    if name == "HEAD" || !git2::Branch::name_is_valid(name).unwrap_or(false) {
+    // git allows non-ASCII spaces and C1 controls (terminal escapes).
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return refuse("it contains whitespace or control characters");
+    }
+    // `@` is valid for git but means HEAD in every revision argument.
+    if name == "HEAD" || name == "@" || !git2::Branch::name_is_valid(name).unwrap_or(false) {
         return refuse("it is not a valid git branch name");
     }
     Ok(())

@@ -26,7 +26,9 @@ const TRASH_DIR: &str = ".trash";
 pub struct Options {
     /// Where worktrees are created; relative paths are relative to the main
     /// worktree's root. Default: `worktrees/` at the main worktree's root
-    /// (required for bare repositories).
+    /// (required for bare repositories). A directory given inside the main
+    /// worktree (without `..`) must stay inside it once symlinks are
+    /// resolved: one that leads outside is refused with [`Error::Escapes`].
     pub worktrees_dir: Option<PathBuf>,
     /// How many finished worktrees the pool keeps for reuse; `0` disables
     /// the pool. Default: 4.
@@ -254,10 +256,25 @@ impl Worktrees {
                 });
             }
         };
+        // Checked before anything is created (a symlinked parent would
+        // have create_dir_all make directories outside), and again after.
+        let confined = main_root.as_deref().filter(|root| {
+            worktrees_dir.starts_with(root)
+                && !worktrees_dir
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
+        });
+        if let Some(root) = confined {
+            confine(&worktrees_dir, &resolve_existing(&worktrees_dir), root)?;
+        }
         std::fs::create_dir_all(&worktrees_dir).map_err(io("create directory", &worktrees_dir))?;
-        let worktrees_dir = worktrees_dir
+        let resolved = worktrees_dir
             .canonicalize()
             .map_err(io("resolve", &worktrees_dir))?;
+        if let Some(root) = confined {
+            confine(&worktrees_dir, &resolved, root)?;
+        }
+        let worktrees_dir = resolved;
         let state = StateDir::new(&common_dir);
         state.ensure()?;
         let this = Self {
@@ -722,6 +739,7 @@ impl Worktrees {
             id: id.to_owned(),
             reason: "its HEAD does not resolve to a commit",
         })?;
+        self.own_dir(&self.pool_dir)?;
         std::fs::create_dir_all(&self.pool_dir).map_err(io("create directory", &self.pool_dir))?;
         let mut n = 0;
         let slot = loop {
@@ -1021,7 +1039,17 @@ impl Worktrees {
             let commit = found.get().target()?;
             Some((branch.to_owned(), commit.to_string()))
         });
-        let missing = std::fs::symlink_metadata(&admin.path).is_err();
+        let metadata = std::fs::symlink_metadata(&admin.path);
+        if metadata.as_ref().is_ok_and(|m| m.file_type().is_symlink()) {
+            // Not even with force: what it points at is not the worktree's
+            // to delete. Deleting the link by hand lets the remove finish.
+            return Err(Error::Escapes {
+                path: admin.path.clone(),
+                resolved: std::fs::read_link(&admin.path).unwrap_or_default(),
+                inside: self.worktrees_dir.clone(),
+            });
+        }
+        let missing = metadata.is_err();
         if !missing && !admin::owns(&admin.dir, &admin.path) {
             return Err(Error::InvalidRequest {
                 id: id.to_owned(),
@@ -1063,6 +1091,7 @@ impl Worktrees {
     /// caller holds the lock that guards `name`).
     fn tombstone(&self, name: &str) -> Result<PathBuf> {
         let dir = self.worktrees_dir.join(TRASH_DIR);
+        self.own_dir(&dir)?;
         std::fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
         let trash = dir.join(format!("{name}-{}", std::process::id()));
         delete_tombstone(&trash)?;
@@ -1099,10 +1128,10 @@ impl Worktrees {
         if let Some((branch, commit)) = delete_branch {
             let admins = admin::scan(&self.common_dir)?;
             if self.checked_out_in(branch, &admins).is_none()
-                && let Ok(mut found) = repo.find_branch(branch, BranchType::Local)
+                && let Ok(found) = repo.find_branch(branch, BranchType::Local)
                 && found.get().target().map(|t| t.to_string()).as_deref() == Some(commit.as_str())
             {
-                found.delete().map_err(git("delete branch", branch))?;
+                delete_local_branch(repo, found, branch)?;
                 branch_deleted = Some(branch.clone());
             }
         }
@@ -1115,6 +1144,7 @@ impl Worktrees {
     /// progress and is left alone. Called with the repository lock held.
     fn sweep_trash(&self) -> Result<()> {
         let dir = self.worktrees_dir.join(TRASH_DIR);
+        self.own_dir(&dir)?;
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -1142,6 +1172,20 @@ impl Worktrees {
             }
         }
         Ok(())
+    }
+
+    /// Refuses one of our own directories in the worktrees dir (the trash,
+    /// the pool) that is a symlink or not a directory: deleting in it or
+    /// moving worktrees into it would reach outside. Absent is fine.
+    fn own_dir(&self, dir: &Path) -> Result<()> {
+        match std::fs::symlink_metadata(dir) {
+            Ok(metadata) if !metadata.is_dir() => Err(Error::Escapes {
+                path: dir.to_owned(),
+                resolved: std::fs::read_link(dir).unwrap_or_else(|_| dir.to_owned()),
+                inside: self.worktrees_dir.clone(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     // ----- cleanup ----------------------------------------------------------
@@ -1267,10 +1311,10 @@ impl Worktrees {
         if let Some((branch, commit)) = branch_created {
             let admins = admin::scan(&self.common_dir)?;
             if self.checked_out_in(branch, &admins).is_none()
-                && let Ok(mut found) = repo.find_branch(branch, BranchType::Local)
+                && let Ok(found) = repo.find_branch(branch, BranchType::Local)
                 && found.get().target().map(|t| t.to_string()).as_deref() == Some(commit.as_str())
             {
-                found.delete().map_err(git("delete branch", branch))?;
+                delete_local_branch(repo, found, branch)?;
             }
         }
         Ok(())
@@ -1311,6 +1355,17 @@ fn finish_release(intent: &Intent) -> Result<()> {
 /// Deletes a tombstone (a worktree directory moved to the trash), if it is
 /// there. Idempotent, so a delete killed midway is finished by the next.
 fn delete_tombstone(trash: &Path) -> Result<()> {
+    // A tombstone that is a symlink (a worktree path someone replaced by
+    // one) is unlinked: listing it would list, and delete, its target.
+    match std::fs::symlink_metadata(trash) {
+        Ok(metadata) if !metadata.is_dir() => {
+            return match std::fs::remove_file(trash) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", trash)(e)),
+                _ => Ok(()),
+            };
+        }
+        _ => {}
+    }
     let entries = match std::fs::read_dir(trash) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -1335,6 +1390,38 @@ fn delete_tombstone(trash: &Path) -> Result<()> {
         }
     }
     gone(std::fs::remove_dir(trash), trash)
+}
+
+/// `path` resolved as far as it exists: its deepest existing ancestor made
+/// canonical, with the rest appended.
+fn resolve_existing(path: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut current = path;
+    loop {
+        if let Ok(resolved) = current.canonicalize() {
+            return rest.iter().rev().fold(resolved, |acc, part| acc.join(part));
+        }
+        match (current.parent(), current.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                current = parent;
+            }
+            _ => return path.to_owned(),
+        }
+    }
+}
+
+/// Refuses a worktrees dir that resolves outside the main worktree `root`.
+fn confine(path: &Path, resolved: &Path, root: &Path) -> Result<()> {
+    if resolved.starts_with(root) {
+        Ok(())
+    } else {
+        Err(Error::Escapes {
+            path: path.to_owned(),
+            resolved: resolved.to_owned(),
+            inside: root.to_owned(),
+        })
+    }
 }
 
 fn lock_info(admin: &Admin) -> Option<LockInfo> {
@@ -1401,4 +1488,43 @@ fn unique_commits(repo: &Repository, head: Oid, own_branch: Option<&str>) -> Res
             .collect()
     })
     .map_err(git("walk the history of", head))
+}
+
+/// Deletes local `branch`, whose checkout in any worktree the caller has
+/// ruled out with [`Worktrees::checked_out_in`], with its configuration (as
+/// `git branch -d` does). Not `git2::Branch::delete`: libgit2 1.9 reports a
+/// branch as "the current HEAD of a linked repository" whenever the admin
+/// entry of *any* worktree cannot be read (an operator-precedence slip in
+/// `git_repository_foreach_worktree`), which is the case for a moment while
+/// another process creates or removes a worktree; concurrent removes then
+/// failed after their directory was gone.
+fn delete_local_branch(repo: &Repository, found: git2::Branch<'_>, branch: &str) -> Result<()> {
+    found
+        .into_reference()
+        .delete()
+        .map_err(git("delete branch", branch))?;
+    let prefix = format!("branch.{branch}.");
+    let mut config = repo
+        .config()
+        .and_then(|c| c.open_level(git2::ConfigLevel::Local))
+        .map_err(git("delete configuration of branch", branch))?;
+    let mut names = Vec::new();
+    {
+        let entries = config
+            .entries(None)
+            .map_err(git("read configuration of branch", branch))?;
+        entries
+            .for_each(|entry| {
+                if let Some(name) = entry.name().filter(|n| n.starts_with(&prefix)) {
+                    names.push(name.to_owned());
+                }
+            })
+            .map_err(git("read configuration of branch", branch))?;
+    }
+    for name in names {
+        config
+            .remove_multivar(&name, ".*")
+            .map_err(git("delete configuration of branch", branch))?;
+    }
+    Ok(())
 }

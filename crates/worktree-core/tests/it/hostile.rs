@@ -230,3 +230,152 @@ fn hostile_tree_is_refused_when_handing_out_a_pooled_worktree() -> TestResult {
     assert_eq!(status(&again.path)?, "");
     Ok(())
 }
+
+/// A directory outside the repository with files in it, and its snapshot.
+fn outside_tree() -> TestResult<(tempfile::TempDir, std::path::PathBuf)> {
+    let dir = tempfile::Builder::new()
+        .prefix("isolane-outside-")
+        .tempdir()?;
+    let root = dir.path().canonicalize()?;
+    std::fs::create_dir_all(root.join("keep/nested"))?;
+    std::fs::write(root.join("precious.txt"), "not isolane's\n")?;
+    std::fs::write(root.join("keep/nested/deep.txt"), "deep\n")?;
+    Ok((dir, root))
+}
+
+fn escapes(result: Result<impl std::fmt::Debug, Error>, context: &str) -> TestResult {
+    match result {
+        Err(Error::Escapes { .. }) => Ok(()),
+        other => Err(format!("{context}: expected Escapes, got {other:?}").into()),
+    }
+}
+
+#[test]
+fn a_symlinked_worktree_path_is_never_followed_by_create_or_remove() -> TestResult {
+    let repo = GitRepo::new()?;
+    let (_keep, outside) = outside_tree()?;
+    let before = test_support::tree_snapshot(&outside)?;
+    let worktrees = open(&repo)?;
+
+    // A symlink standing where a new worktree would go: create refuses.
+    std::os::unix::fs::symlink(&outside, worktrees.path_of("test-link"))?;
+    match worktrees.create(&CreateRequest::new("test", "link")) {
+        Err(Error::AlreadyExists { .. }) => {}
+        other => return Err(format!("expected AlreadyExists, got {other:?}").into()),
+    }
+    assert_eq!(test_support::tree_snapshot(&outside)?, before);
+
+    // A real worktree moved outside and replaced by a symlink to it (its
+    // `.git` file still names its admin entry): remove refuses even forced.
+    let created = worktrees.create(&CreateRequest::new("test", "moved"))?;
+    let moved = outside.join("moved");
+    std::fs::rename(&created.path, &moved)?;
+    std::os::unix::fs::symlink(&moved, &created.path)?;
+    let with_moved = test_support::tree_snapshot(&outside)?;
+    let forced = worktree_core::RemoveOptions {
+        force: true,
+        delete_branch: true,
+    };
+    escapes(worktrees.remove("test-moved", forced), "forced remove")?;
+    assert_eq!(test_support::tree_snapshot(&outside)?, with_moved);
+    // Once the link is gone the entry is removed like a deleted directory;
+    // what the link pointed at stays.
+    std::fs::remove_file(&created.path)?;
+    let removed = worktrees.remove("test-moved", forced)?;
+    assert!(removed.directory_was_missing);
+    assert_eq!(test_support::tree_snapshot(&outside)?, with_moved);
+    Ok(())
+}
+
+#[test]
+fn symlinked_trash_pool_and_worktrees_dirs_are_refused() -> TestResult {
+    let repo = GitRepo::new()?;
+    let (_keep, outside) = outside_tree()?;
+    let before = test_support::tree_snapshot(&outside)?;
+
+    // The worktrees dir itself a symlink out of the repository, or below a
+    // symlinked parent: refused before anything is created.
+    std::os::unix::fs::symlink(&outside, repo.path().join("worktrees"))?;
+    escapes(
+        worktree_core::Worktrees::open(repo.path(), worktree_core::Options::default()).map(drop),
+        "worktrees dir symlink",
+    )?;
+    std::fs::remove_file(repo.path().join("worktrees"))?;
+    std::os::unix::fs::symlink(&outside, repo.path().join("elsewhere"))?;
+    let options = worktree_core::Options {
+        worktrees_dir: Some("elsewhere/wt".into()),
+        ..worktree_core::Options::default()
+    };
+    escapes(
+        worktree_core::Worktrees::open(repo.path(), options).map(drop),
+        "symlinked parent",
+    )?;
+    assert_eq!(test_support::tree_snapshot(&outside)?, before);
+
+    let worktrees = open(&repo)?;
+    let created = worktrees.create(&CreateRequest::new("test", "trash"))?;
+    // The trash a symlink out: every mutating call refuses (it would
+    // sweep, i.e. delete, what the link points at), the worktree stays.
+    let trash = worktrees.worktrees_dir().join(".trash");
+    std::os::unix::fs::symlink(&outside, &trash)?;
+    escapes(
+        worktrees.remove(&created.id, worktree_core::RemoveOptions::default()),
+        "remove with symlinked trash",
+    )?;
+    escapes(
+        worktrees.create(&CreateRequest::new("test", "other")),
+        "create with symlinked trash",
+    )?;
+    escapes(worktrees.recover(), "recover with symlinked trash")?;
+    assert!(created.path.join("README.md").exists());
+    assert_eq!(test_support::tree_snapshot(&outside)?, before);
+    std::fs::remove_file(&trash)?;
+
+    // The pool a symlink out: nothing is moved into it.
+    let pool = worktrees.worktrees_dir().join(".pool");
+    std::os::unix::fs::symlink(&outside, &pool)?;
+    escapes(
+        worktrees.release_to_pool(&created.id),
+        "release into symlinked pool",
+    )?;
+    assert!(created.path.join("README.md").exists());
+    assert_eq!(test_support::tree_snapshot(&outside)?, before);
+    std::fs::remove_file(&pool)?;
+
+    // A symlink left in the trash (as a tombstone) is unlinked, its target
+    // untouched.
+    std::fs::create_dir_all(&trash)?;
+    std::os::unix::fs::symlink(&outside, trash.join("test-trash-1"))?;
+    worktrees.recover()?;
+    assert!(std::fs::symlink_metadata(trash.join("test-trash-1")).is_err());
+    worktrees.remove(&created.id, worktree_core::RemoveOptions::default())?;
+    assert_eq!(test_support::tree_snapshot(&outside)?, before);
+    Ok(())
+}
+
+#[test]
+fn a_committed_symlink_out_of_the_worktree_is_unlinked_never_followed() -> TestResult {
+    let repo = GitRepo::new()?;
+    let (_keep, outside) = outside_tree()?;
+    let before = test_support::tree_snapshot(&outside)?;
+    std::os::unix::fs::symlink(&outside, repo.path().join("link"))?;
+    std::os::unix::fs::symlink(outside.join("precious.txt"), repo.path().join("file-link"))?;
+    repo.commit_all("symlinks out of the tree")?;
+    let worktrees = open(&repo)?;
+    let created = worktrees.create(&CreateRequest::new("test", "links"))?;
+    assert!(
+        std::fs::symlink_metadata(created.path.join("link"))?
+            .file_type()
+            .is_symlink()
+    );
+    worktrees.remove(
+        &created.id,
+        worktree_core::RemoveOptions {
+            force: true,
+            delete_branch: true,
+        },
+    )?;
+    assert!(!created.path.exists());
+    assert_eq!(test_support::tree_snapshot(&outside)?, before);
+    Ok(())
+}
