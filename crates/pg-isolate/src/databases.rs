@@ -222,9 +222,13 @@ impl Server {
     }
 }
 
+/// Writes the owner record, committed synchronously whatever the server's
+/// `synchronous_commit` (the embedded server's is off): `CREATE DATABASE`
+/// always commits synchronously, and a record lost to a server crash right
+/// after would leave a database nobody may drop.
 pub(crate) fn comment_sql(name: &str, record: &OwnerRecord) -> String {
     format!(
-        "COMMENT ON DATABASE {} IS {}",
+        "BEGIN; SET LOCAL synchronous_commit = on; COMMENT ON DATABASE {} IS {}; COMMIT",
         names::ident(name),
         names::literal(&record.to_json())
     )

@@ -56,6 +56,69 @@ impl Default for EmbeddedOptions {
 /// The superuser of the embedded cluster.
 pub(crate) const SUPERUSER: &str = "postgres";
 
+/// What a start of the embedded server found left behind by a previous
+/// server that did not shut down (killed with SIGKILL, by the OOM killer, a
+/// power loss), and cleaned up before starting a new one. PostgreSQL then
+/// replays its write-ahead log on its own; committed data survives.
+///
+/// Returned by [`Server::recovery`](crate::Server::recovery) and announced
+/// with a `WARN` tracing event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Recovery {
+    /// The cluster's data directory.
+    pub data_dir: PathBuf,
+    /// The pid the stale `postmaster.pid` named, if there was one.
+    pub stale_pid: Option<u32>,
+    /// Whether that pid now belongs to another process (the pid was
+    /// reused). That process was left alone: only a process running the
+    /// cluster's `postgres` binary in the cluster's data directory is ever
+    /// taken for its server.
+    pub pid_reused: bool,
+    /// The stale files removed: `postmaster.pid`, the unix socket
+    /// `.s.PGSQL.<port>` and its `.lock` file.
+    pub removed: Vec<PathBuf>,
+    /// The pid of the server started in its place.
+    pub new_pid: u32,
+    /// From finding the stale files to the new server accepting
+    /// connections (including PostgreSQL's own crash recovery).
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for Recovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the embedded server in {} had not shut down cleanly",
+            self.data_dir.display()
+        )?;
+        match (self.stale_pid, self.pid_reused) {
+            (Some(pid), false) => write!(f, " (its pid {pid} is gone)")?,
+            (Some(pid), true) => write!(
+                f,
+                " (its pid {pid} now belongs to another process, which was left alone)"
+            )?,
+            (None, _) => {}
+        }
+        write!(
+            f,
+            "; removed {} stale pid and socket files and started a new server (pid {}) in {} ms",
+            self.removed.len(),
+            self.new_pid,
+            self.elapsed.as_millis()
+        )
+    }
+}
+
+/// Stale state found by one start, before the new server's pid is known.
+#[derive(Debug, Default)]
+struct Stale {
+    found: bool,
+    pid: Option<u32>,
+    pid_reused: bool,
+    removed: Vec<PathBuf>,
+}
+
 /// A running embedded server, with the start lock still held (shared or
 /// exclusive) until the caller has connected, so the idle watchdog cannot
 /// stop it in between.
@@ -65,6 +128,8 @@ pub(crate) struct Attached {
     pub(crate) dir: PathBuf,
     pub(crate) pid: u32,
     pub(crate) major: u32,
+    /// Set when this attach cleaned up after a server that had crashed.
+    pub(crate) recovery: Option<Recovery>,
     pub(crate) _lock: File,
 }
 
@@ -451,25 +516,32 @@ pub(crate) fn attach(options: &EmbeddedOptions) -> Result<Attached, Error> {
     let lock_file = open_lock(&dir)?;
     lock(&lock_file, false, &dir)?;
     if let Some(run) = running(&data, &bindir) {
-        return attached(&dir, run, lock_file, major);
+        return attached(&dir, run, lock_file, major, None);
     }
     drop(lock_file);
     let lock_file = open_lock(&dir)?;
     lock(&lock_file, true, &dir)?;
     if let Some(run) = running(&data, &bindir) {
-        return attached(&dir, run, lock_file, major);
+        return attached(&dir, run, lock_file, major, None);
     }
-    let run = start(options, &dir, &bindir, account)?;
-    attached(&dir, run, lock_file, major)
+    let (run, recovery) = start(options, &dir, &bindir, account)?;
+    attached(&dir, run, lock_file, major, recovery)
 }
 
-fn attached(dir: &Path, run: Running, lock: File, major: u32) -> Result<Attached, Error> {
+fn attached(
+    dir: &Path,
+    run: Running,
+    lock: File,
+    major: u32,
+    recovery: Option<Recovery>,
+) -> Result<Attached, Error> {
     let password = read_password(dir)?;
     Ok(Attached {
         url: format!("postgresql://{SUPERUSER}:{password}@127.0.0.1:{}", run.port),
         dir: dir.to_owned(),
         pid: run.pid,
         major,
+        recovery,
         _lock: lock,
     })
 }
@@ -696,13 +768,14 @@ fn psql_path(bindir: &Path) -> PathBuf {
     PathBuf::from("psql")
 }
 
-/// Starts the server (the caller holds the exclusive start lock).
+/// Starts the server (the caller holds the exclusive start lock); also
+/// returns what it cleaned up after a crashed server, if anything.
 fn start(
     options: &EmbeddedOptions,
     dir: &Path,
     bindir: &Path,
     account: Option<Account>,
-) -> Result<Running, Error> {
+) -> Result<(Running, Option<Recovery>), Error> {
     let started = Instant::now();
     ensure_data(dir, bindir, account)?;
     let data = dir.join("data");
@@ -717,6 +790,10 @@ fn start(
     let password = read_password(dir)?;
     let deadline = started + options.start_timeout;
     let log = log_dir.join("server.log");
+    let mut stale = Stale::default();
+    // Only the first pass finds what a crashed server left; later passes
+    // clean up after our own failed attempts.
+    let mut first_pass = true;
     loop {
         // A server killed with SIGKILL leaves its postmaster.pid behind; the
         // pid in it may since have been reused (even by another cluster's
@@ -729,12 +806,21 @@ fn start(
                 .next()
                 .and_then(|l| l.trim().parse::<u32>().ok());
             if pid.is_none_or(|pid| !is_our_postgres(pid, bindir, &data)) {
-                let _ = fs::remove_file(&pid_file);
+                let removed = fs::remove_file(&pid_file).is_ok();
+                if first_pass {
+                    stale.found = true;
+                    stale.pid = pid;
+                    stale.pid_reused = pid.is_some_and(process_alive);
+                    if removed {
+                        stale.removed.push(pid_file.clone());
+                    }
+                }
             } else if let Some(pid) = pid {
                 // Ours but not ready: starting or stopping; wait below.
                 if let Some(run) = wait_ready(&data, bindir, pid, deadline, &log)? {
-                    return Ok(run);
+                    return Ok((run, None));
                 }
+                first_pass = false;
                 continue;
             }
         }
@@ -742,11 +828,16 @@ fn start(
         // socket and socket lock file left in run/ is stale.
         if let Ok(entries) = fs::read_dir(&run_dir) {
             for entry in entries.filter_map(Result::ok) {
-                if entry.file_name().to_string_lossy().starts_with(".s.PGSQL.") {
-                    let _ = fs::remove_file(entry.path());
+                if entry.file_name().to_string_lossy().starts_with(".s.PGSQL.")
+                    && fs::remove_file(entry.path()).is_ok()
+                    && first_pass
+                {
+                    stale.found = true;
+                    stale.removed.push(entry.path());
                 }
             }
         }
+        first_pass = false;
         let port = choose_port(dir)?;
         let socket_dir = if run_dir.as_os_str().len() + 20 < 107 {
             run_dir.display().to_string()
@@ -825,7 +916,26 @@ fn start(
                 elapsed_ms = started.elapsed().as_millis(),
                 "started embedded PostgreSQL"
             );
-            return Ok(run);
+            let recovery = stale.found.then(|| Recovery {
+                data_dir: data.clone(),
+                stale_pid: stale.pid,
+                pid_reused: stale.pid_reused,
+                removed: std::mem::take(&mut stale.removed),
+                new_pid: run.pid,
+                elapsed: started.elapsed(),
+            });
+            if let Some(recovery) = &recovery {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    stale_pid = recovery.stale_pid,
+                    pid_reused = recovery.pid_reused,
+                    removed = recovery.removed.len(),
+                    pid = recovery.new_pid,
+                    elapsed_ms = recovery.elapsed.as_millis(),
+                    "recovered the embedded server: {recovery}"
+                );
+            }
+            return Ok((run, recovery));
         }
         tracing::debug!(dir = %dir.display(), "embedded server start failed; retrying");
         std::thread::sleep(Duration::from_millis(50));

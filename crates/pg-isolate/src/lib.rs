@@ -41,7 +41,9 @@
 //!
 //! The server is tuned for tests (fsync, synchronous_commit and
 //! full_page_writes off: a crash of the server or the machine may lose the
-//! last moments of commits, which tests do not need), listens on 127.0.0.1
+//! last moments of commits, which tests do not need; databases and their
+//! owner records are committed synchronously all the same, so a crash never
+//! leaves a database without its record), listens on 127.0.0.1
 //! and on a unix socket in the cluster's `run/`, and accepts password
 //! (SCRAM) connections as `postgres`; the random password is kept in the
 //! cluster's `password` file (mode 600). The first start picks a free port
@@ -56,7 +58,9 @@
 //! connections with `psql` and shuts the server down under the start lock.
 //! [`Server::stop_embedded`] stops it explicitly. Starting is serialised by
 //! a file lock in the cluster directory; a server that was killed is
-//! detected through its `postmaster.pid` and `/proc` and started again. A
+//! detected through its `postmaster.pid` and `/proc`, its stale pid and
+//! socket files are removed and it is started again, and the process that
+//! did so is told ([`Server::recovery`] and a `WARN` tracing event). A
 //! process is taken for the cluster's server only when it runs the
 //! cluster's `postgres` binary with the cluster's data directory as its
 //! working directory, so a stale `postmaster.pid` whose pid now belongs to
@@ -114,7 +118,7 @@ mod testdb;
 mod url;
 
 pub use databases::{CreateOptions, DatabaseInfo};
-pub use embedded::EmbeddedOptions;
+pub use embedded::{EmbeddedOptions, Recovery};
 pub use error::{Error, SetupError};
 pub use gc::{GcEntry, GcOptions, GcReason, GcReport};
 pub use owner::{DatabaseKind, OwnerRecord};

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use postgres::{Client, NoTls};
 
-use crate::embedded::{self, EmbeddedOptions};
+use crate::embedded::{self, EmbeddedOptions, Recovery};
 use crate::url::{ServerUrl, redact};
 use crate::{Error, names};
 
@@ -91,6 +91,8 @@ pub(crate) struct Inner {
 struct Embedded {
     dir: PathBuf,
     pid: RwLock<u32>,
+    /// The last crash recovery one of this handle's attaches performed.
+    recovery: Mutex<Option<Recovery>>,
 }
 
 /// Idle admin connections kept per server handle.
@@ -138,6 +140,7 @@ impl Server {
             let embedded = Embedded {
                 dir: attached.dir.clone(),
                 pid: RwLock::new(attached.pid),
+                recovery: Mutex::new(attached.recovery.clone()),
             };
             let major = attached.major;
             drop(attached);
@@ -200,6 +203,25 @@ impl Server {
         )
     }
 
+    /// Whether this handle found the embedded server crashed (killed with
+    /// SIGKILL, say) and cleaned up its stale `postmaster.pid` and socket
+    /// files before starting it again: on [`Server::connect`], or when it
+    /// re-attached after losing its connections. `None` when every server
+    /// it attached to was running or had shut down cleanly, and for a
+    /// server given by URL. The same news is a `WARN` tracing event.
+    ///
+    /// Only the process that restarts the server sees this; others that
+    /// merely attach to the restarted server do not.
+    pub fn recovery(&self) -> Option<Recovery> {
+        self.inner
+            .embedded
+            .as_ref()?
+            .recovery
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// The connection URL of `database` on this server, usable by any
     /// client (sqlx, diesel, tokio-postgres, psql). It contains the
     /// password; do not log it.
@@ -260,6 +282,12 @@ impl Server {
             .pid
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = attached.pid;
+        if let Some(recovery) = &attached.recovery {
+            *embedded
+                .recovery
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(recovery.clone());
+        }
         let changed = {
             let mut current = self
                 .inner

@@ -176,7 +176,8 @@ impl Migration {
 ///   `up.sql` are an error, as in diesel; files and dot-entries are ignored.
 /// - Order: diesel sorts versions as strings; pg-isolate sorts all-digit
 ///   versions numerically, which is the same order whenever the versions
-///   have the same number of digits (both timestamp styles have 14).
+///   have the same number of digits (both timestamp styles have 14), and
+///   puts versions with other characters after them, as strings.
 /// - diesel applies the pending migrations whatever the order; so does
 ///   pg-isolate. A recorded version that the directory lacks is ignored
 ///   unless the run has to revert it.
@@ -362,16 +363,22 @@ fn compare_migrations(a: &Migration, b: &Migration) -> Ordering {
     }
 }
 
+/// All-digit versions first, numerically; then the others, as strings. (A
+/// total order: mixing numeric and string comparison between the two kinds
+/// is not, and made sorting panic.)
 pub(crate) fn compare_versions(a: &str, b: &str) -> Ordering {
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
-    if digits(a) && digits(b) {
-        let (ta, tb) = (a.trim_start_matches('0'), b.trim_start_matches('0'));
-        ta.len()
-            .cmp(&tb.len())
-            .then_with(|| ta.cmp(tb))
-            .then_with(|| a.cmp(b))
-    } else {
-        a.cmp(b)
+    match (digits(a), digits(b)) {
+        (true, true) => {
+            let (ta, tb) = (a.trim_start_matches('0'), b.trim_start_matches('0'));
+            ta.len()
+                .cmp(&tb.len())
+                .then_with(|| ta.cmp(tb))
+                .then_with(|| a.cmp(b))
+        }
+        (true, false) => Ordering::Less,
+        (false, true) => Ordering::Greater,
+        (false, false) => a.cmp(b),
     }
 }
 

@@ -8,6 +8,7 @@ mod migrate_run;
 // -- end migrations tests --
 
 mod databases;
+mod fuzz;
 mod gc;
 mod pool;
 mod server;

@@ -186,6 +186,12 @@ fn stale_pid_file_naming_a_foreign_process_is_never_signalled() -> TestResult {
     let restarted = cluster.connect()?;
     let pid = restarted.embedded_pid().ok_or("embedded")?;
     assert_ne!(pid, other_pid);
+    let recovery = restarted
+        .recovery()
+        .ok_or("the stale pid file is reported")?;
+    assert_eq!(recovery.stale_pid, Some(other_pid));
+    assert!(recovery.pid_reused, "{recovery:?}");
+    assert!(recovery.to_string().contains("left alone"), "{recovery}");
     assert_eq!(restarted.url("x"), url);
     assert_eq!(select_one(&restarted)?, 1);
     assert!(alive(other_pid));
@@ -199,6 +205,11 @@ fn stale_pid_file_naming_a_foreign_process_is_never_signalled() -> TestResult {
     assert!(!Server::stop_embedded(&cluster.options.embedded)?);
     let restarted = cluster.connect()?;
     assert_eq!(select_one(&restarted)?, 1);
+    let recovery = restarted
+        .recovery()
+        .ok_or("the stale pid file is reported")?;
+    assert_eq!(recovery.stale_pid, Some(sleeper.id()));
+    assert!(recovery.pid_reused, "{recovery:?}");
     assert!(alive(sleeper.id()));
     assert!(
         sleeper.try_wait()?.is_none(),
@@ -392,4 +403,234 @@ fn nix_uid() -> u32 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(u32::MAX)
+}
+
+/// The pid in a cluster's `data/postmaster.pid`.
+fn postmaster_pid(data: &std::path::Path) -> TestResult<u32> {
+    let text = std::fs::read_to_string(data.join("postmaster.pid"))?;
+    Ok(text
+        .lines()
+        .next()
+        .ok_or("an empty postmaster.pid")?
+        .trim()
+        .parse()?)
+}
+
+/// The unix socket files (`.s.PGSQL.<port>` and its `.lock`) in `run`.
+fn socket_files(run: &std::path::Path) -> TestResult<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(run)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(".s.PGSQL.") {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Whether `error` says the connection was cut off by the server's death,
+/// in one of the forms the race between client and dying backend gives:
+/// closed, reset by the peer, or PostgreSQL's own "terminating connection
+/// due to unexpected postmaster exit" from a backend that noticed first.
+fn cut_off(error: &postgres::Error) -> bool {
+    let reset = std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        });
+    error.is_closed()
+        || reset
+        || error.as_db_error().is_some_and(|db| {
+            db.code().code() == "57P01" && db.message().contains("unexpected postmaster exit")
+        })
+}
+
+/// A tracing writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Runs `f` with this thread's tracing events formatted into a buffer, as
+/// an application's subscriber would print them; returns that text too.
+fn capture_events<T>(f: impl FnOnce() -> T) -> (T, String) {
+    let buffer = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(buffer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let result = tracing::subscriber::with_default(subscriber, f);
+    let text = buffer
+        .0
+        .lock()
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default();
+    (result, text)
+}
+
+#[test]
+fn sigkilled_server_under_an_open_test_database_is_recovered_and_says_so() -> TestResult {
+    let cluster = PrivateCluster::new()?;
+    let server = cluster.connect()?;
+    assert_eq!(server.recovery(), None, "a clean start recovers nothing");
+    let db = server.test_database()?;
+    let mut client = db.client()?;
+    client.batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")?;
+    let backend: i32 = client.query_one("SELECT pg_backend_pid()", &[])?.get(0);
+    let backend = u32::try_from(backend)?;
+
+    let dir = Server::embedded_dir(&cluster.options.embedded)?;
+    let data = dir.join("data");
+    let pid = postmaster_pid(&data)?;
+    assert_eq!(server.embedded_pid(), Some(pid));
+    kill9(pid)?;
+    let killed = std::time::Instant::now();
+    // Its backends notice the postmaster's death and exit on their own.
+    eventually(
+        "the killed server and its backend to be gone",
+        Duration::from_secs(30),
+        || Ok(!alive(pid) && !alive(backend)),
+    )?;
+    // SIGKILL leaves the pid file and the socket with its lock file.
+    assert_eq!(postmaster_pid(&data)?, pid);
+    let stale_sockets = socket_files(&dir.join("run"))?;
+    assert_eq!(stale_sockets.len(), 2, "{stale_sockets:?}");
+
+    // The connection in use fails (it does not hang) and says why.
+    let error = client
+        .query_one("SELECT v FROM t", &[])
+        .expect_err("its server is gone");
+    assert!(cut_off(&error), "{error:?}");
+
+    // The next use, from a new handle as a new test process would do it,
+    // restarts the server and says so: in the API and as a WARN event.
+    let (recovered, events) = capture_events(|| cluster.connect());
+    let recovered = recovered?;
+    let recovery = recovered
+        .recovery()
+        .ok_or("the restart after a crash must be reported")?;
+    let new_pid = recovered.embedded_pid().ok_or("embedded")?;
+    assert_eq!(recovery.stale_pid, Some(pid));
+    assert!(!recovery.pid_reused);
+    assert_eq!(recovery.new_pid, new_pid);
+    assert_ne!(new_pid, pid);
+    assert!(alive(new_pid));
+    assert_eq!(recovery.data_dir, data);
+    for stale in stale_sockets.iter().chain([&data.join("postmaster.pid")]) {
+        assert!(recovery.removed.contains(stale), "{recovery:?}");
+    }
+    let message = recovery.to_string();
+    assert!(message.contains("had not shut down cleanly"), "{message}");
+    assert!(message.contains(&format!("pid {pid} is gone")), "{message}");
+    let warning = events
+        .lines()
+        .find(|line| line.contains("recovered the embedded server"))
+        .ok_or_else(|| format!("no recovery event among:\n{events}"))?;
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(warning.contains(&format!("stale_pid={pid}")), "{warning}");
+    assert!(!warning.contains(&password_of(&recovered.url("x"))));
+    emit("RECOVERY_MS", recovery.elapsed.as_millis());
+    emit("KILL_TO_READY_MS", killed.elapsed().as_millis());
+
+    // A new test database on the restarted server works.
+    let fresh = recovered.test_database()?;
+    assert_eq!(
+        fresh.client()?.query_one("SELECT 1", &[])?.get::<_, i32>(0),
+        1
+    );
+    // The old handle re-attaches to the new server; it restarted nothing,
+    // so it reports nothing. Its test database is dropped as usual.
+    let name = db.name().to_owned();
+    drop(client);
+    drop(db);
+    assert_eq!(server.embedded_pid(), Some(new_pid));
+    assert_eq!(server.recovery(), None);
+    assert!(
+        !recovered.list_databases()?.iter().any(|d| d.name == name),
+        "the killed server's test database was left behind"
+    );
+    // A restart that found nothing stale reports nothing.
+    drop((fresh, recovered, server));
+    assert!(Server::stop_embedded(&cluster.options.embedded)?);
+    assert_eq!(cluster.connect()?.recovery(), None);
+    Ok(())
+}
+
+#[test]
+fn server_killed_mid_query_fails_the_query_and_the_next_use_recovers() -> TestResult {
+    let cluster = PrivateCluster::new()?;
+    let server = cluster.connect()?;
+    let db = server.test_database()?;
+    let mut client = db.client()?;
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let result = client.query_one("SELECT pg_sleep(600)", &[]).map(|_| ());
+        let _ = sender.send(result);
+    });
+    {
+        let mut watcher = db.client()?;
+        eventually("the query to be running", Duration::from_secs(30), || {
+            let row = watcher.query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE state = 'active' AND query = 'SELECT pg_sleep(600)'",
+                &[],
+            )?;
+            Ok(row.get::<_, i64>(0) == 1)
+        })?;
+    }
+    let pid = server.embedded_pid().ok_or("embedded")?;
+    kill9(pid)?;
+    // A generous bound only so that a hang fails the test instead of
+    // stalling the suite; the query normally fails at once.
+    let outcome = receiver
+        .recv_timeout(Duration::from_secs(120))
+        .map_err(|_| "the in-flight query still hangs after its server was killed")?;
+    worker.join().map_err(|_| "the query thread panicked")?;
+    let error = outcome.expect_err("a query cut off by a dead server must fail");
+    assert!(cut_off(&error), "{error:?}");
+    emit("MID_QUERY_ERROR", &error);
+
+    // The same handle's next use (a long-lived handle, like the one
+    // Server::shared() gives a test binary) restarts it and says so.
+    let next = server.test_database()?;
+    assert_eq!(
+        next.client()?.query_one("SELECT 1", &[])?.get::<_, i32>(0),
+        1
+    );
+    let recovery = server
+        .recovery()
+        .ok_or("the handle that restarted the server must report it")?;
+    assert_eq!(recovery.stale_pid, Some(pid));
+    assert_eq!(server.embedded_pid(), Some(recovery.new_pid));
+    let name = db.name().to_owned();
+    drop(db);
+    assert!(!server.list_databases()?.iter().any(|d| d.name == name));
+    Ok(())
 }
