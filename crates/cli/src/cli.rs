@@ -77,13 +77,14 @@ pub(crate) enum Command {
 #[derive(Debug, Args)]
 pub(crate) struct CreateArgs {
     /// What the worktree is for, e.g. test-migration.
-    #[arg(long)]
+    // Values starting with `-` reach validation, which names the problem.
+    #[arg(long, allow_hyphen_values = true)]
     pub(crate) purpose: String,
     /// Which one, e.g. add-user-roles.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub(crate) identifier: String,
     /// The branch to check out; created from --base if it does not exist.
-    #[arg(long)]
+    #[arg(long, value_parser = branch_name, allow_hyphen_values = true)]
     pub(crate) branch: Option<String>,
     /// Where a new branch starts (default HEAD).
     #[arg(long)]
@@ -237,4 +238,62 @@ pub(crate) enum EnvFormat {
 fn parse_duration(raw: &str) -> Result<Duration, String> {
     humantime::parse_duration(raw)
         .map_err(|e| format!("{raw:?} is not a duration like 30m or 24h: {e}"))
+}
+
+/// A branch name worktree-core accepts (git's rules, and nothing that could
+/// pass for an option, a revision or a full ref name). Checked while
+/// parsing, so a refused name never reaches the registry.
+fn branch_name(raw: &str) -> Result<String, String> {
+    worktree_core::validate_branch(raw)
+        .map(|()| raw.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::branch_name;
+
+    #[test]
+    fn branch_names_follow_git() {
+        for good in [
+            "main",
+            "feature/user-roles",
+            "fix-1.2",
+            "café",
+            "a@b",
+            "x.lockx",
+        ] {
+            assert_eq!(branch_name(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "",
+            "-x",
+            "a..b",
+            "x.lock",
+            "a/x.lock/b",
+            "a b",
+            "a~1",
+            "a^",
+            "a:b",
+            "@{",
+            "@",
+            "feature/",
+            "/x",
+            "a//b",
+            ".hidden",
+            "a/.hidden",
+            "a\\b",
+            "a*b",
+            "a?b",
+            "a[b",
+            "a\nb",
+            "a\tb",
+            "a.",
+            "HEAD",
+            "refs/heads/x",
+        ] {
+            assert!(branch_name(bad).is_err(), "{bad:?} must be refused");
+        }
+        assert!(branch_name(&"a".repeat(256)).is_err());
+    }
 }

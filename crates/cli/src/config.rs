@@ -70,6 +70,7 @@ impl Default for Ports {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct Database {
     pub(crate) enabled: bool,
+    #[serde(deserialize_with = "database_url")]
     pub(crate) url: Option<String>,
     #[serde(deserialize_with = "prefix")]
     pub(crate) prefix: String,
@@ -153,6 +154,15 @@ pub(crate) enum ConfigError {
     },
     #[error("invalid {path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    /// The migrations directory (`database.migrations` or `--dir`) cannot
+    /// be used as it is: missing, not a directory, or not a valid set of
+    /// migrations.
+    #[error("unusable migrations directory {dir}")]
+    Migrations {
+        dir: PathBuf,
+        #[source]
+        source: pg_isolate::MigrateError,
+    },
 }
 
 impl Config {
@@ -170,8 +180,17 @@ impl Config {
 
     /// Parses the text of a configuration file.
     pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        // The message quotes the offending line, which may hold a
+        // connection URL: mask every password in it.
         let config: Self =
-            toml::from_str(text).map_err(|error| error.to_string().trim_end().to_owned())?;
+            toml::from_str(text).map_err(|error| redact_urls(error.to_string().trim_end()))?;
+        // A NUL cannot reach a path, a process argument or a connection
+        // string; refuse it wherever it hides, naming the key.
+        if let Ok(table) = text.parse::<toml::Table>()
+            && let Some(key) = find_nul(&toml::Value::Table(table), "")
+        {
+            return Err(format!("{key} contains a NUL character"));
+        }
         if let Some(service) = config.services.iter().find(|s| {
             s.ready.as_deref().is_some_and(|ready| {
                 looks_like_port_name(ready) && !config.ports.names.iter().any(|n| n == ready)
@@ -188,6 +207,45 @@ impl Config {
     }
 }
 
+/// `text` with the password of every `scheme://user:password@` masked.
+fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let start = at + 3;
+        let end = rest[start..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '/' | '?' | '"' | '\'' | '#'))
+            .map_or(rest.len(), |i| start + i);
+        out.push_str(&pg_isolate::redact_url(&rest[..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The dotted key of the first string under `value` that holds a NUL.
+fn find_nul(value: &toml::Value, at: &str) -> Option<String> {
+    match value {
+        toml::Value::String(text) => text.contains('\0').then(|| at.to_owned()),
+        toml::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| find_nul(item, &format!("{at}[{i}]"))),
+        toml::Value::Table(table) => table.iter().find_map(|(key, item)| {
+            let key_at = if at.is_empty() {
+                key.clone()
+            } else {
+                format!("{at}.{key}")
+            };
+            if key.contains('\0') {
+                return Some(key_at);
+            }
+            find_nul(item, &key_at)
+        }),
+        _ => None,
+    }
+}
+
 /// A `ready` value of upper-case letters, digits and `_` is a port name;
 /// anything else is a command.
 pub(crate) fn looks_like_port_name(value: &str) -> bool {
@@ -196,6 +254,15 @@ pub(crate) fn looks_like_port_name(value: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
         && !value.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// Whether `value` could be a database name isolane makes (or a prefix of
+/// one): 1-63 ASCII letters, digits, `_` and `-`, nothing to quote.
+pub(crate) fn looks_like_database_name(value: &str) -> bool {
+    (1..=63).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn relative_dir<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathBuf, D::Error> {
@@ -210,6 +277,20 @@ fn relative_dir<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathBuf, D
             "{raw:?} must be a relative directory inside the repository (no `..`, not absolute)"
         )));
     }
+    if raw.chars().any(char::is_control) {
+        return Err(D::Error::custom(format!(
+            "{raw:?} must not contain control characters (NUL, newline, tab, ...)"
+        )));
+    }
+    let in_git_dir = path
+        .components()
+        .find(|component| !matches!(component, Component::CurDir))
+        .is_some_and(|first| first.as_os_str().eq_ignore_ascii_case(".git"));
+    if in_git_dir {
+        return Err(D::Error::custom(format!(
+            "{raw:?} is inside .git; worktrees must not go into git's own directory"
+        )));
+    }
     Ok(path)
 }
 
@@ -220,7 +301,7 @@ fn file_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Er
         || raw == ".."
         || raw.eq_ignore_ascii_case(".git")
         || raw.contains('/')
-        || raw.contains('\0')
+        || raw.chars().any(char::is_control)
     {
         return Err(D::Error::custom(format!(
             "{raw:?} must be a plain file name"
@@ -231,6 +312,11 @@ fn file_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Er
 
 fn port_names<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     let names = Vec::<String>::deserialize(deserializer)?;
+    if names.is_empty() {
+        return Err(D::Error::custom(
+            "list at least one port name (every worktree leases its ports by name)",
+        ));
+    }
     let mut seen = BTreeSet::new();
     for name in &names {
         if !looks_like_port_name(name) {
@@ -266,7 +352,40 @@ fn port_range<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<(u16,
             "the range [{low}, {high}] is inverted"
         )));
     }
+    let ephemeral = port_alloc::ephemeral_range();
+    if low <= *ephemeral.end() && *ephemeral.start() <= high {
+        return Err(D::Error::custom(format!(
+            "the range [{low}, {high}] overlaps the kernel's ephemeral port range {}-{} \
+             (/proc/sys/net/ipv4/ip_local_port_range), whose ports any outgoing connection \
+             may take; choose a range outside it",
+            ephemeral.start(),
+            ephemeral.end()
+        )));
+    }
     Ok(Some((low, high)))
+}
+
+/// A connection URL the PostgreSQL client understands; the message shows
+/// it with the password masked.
+fn database_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let raw = String::deserialize(deserializer)?;
+    let redacted = pg_isolate::redact_url(&raw);
+    if raw.contains('\0') {
+        return Err(D::Error::custom(format!(
+            "database.url {redacted:?} contains a NUL character"
+        )));
+    }
+    if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
+        return Err(D::Error::custom(format!(
+            "database.url {redacted:?} must be a postgres:// or postgresql:// URL"
+        )));
+    }
+    if raw.parse::<postgres::Config>().is_err() {
+        return Err(D::Error::custom(format!(
+            "database.url {redacted:?} is not a PostgreSQL connection URL"
+        )));
+    }
+    Ok(Some(raw))
 }
 
 fn prefix<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
@@ -318,6 +437,12 @@ fn services<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Service>, 
         if service.command.trim().is_empty() {
             return Err(D::Error::custom(format!(
                 "service {:?} has an empty command",
+                service.name
+            )));
+        }
+        if service.timeout.is_zero() {
+            return Err(D::Error::custom(format!(
+                "service {:?} has a zero timeout; it could never become ready",
                 service.name
             )));
         }
@@ -445,6 +570,17 @@ max_age = "24h"
                 "{text:?}: {message}"
             );
         }
+    }
+
+    #[test]
+    fn passwords_in_messages_are_masked() {
+        let message = Config::parse("[database]\nurl = \"postgres://u:hunter2@h:x/db\"\n")
+            .expect_err("the port is not a number");
+        assert!(!message.contains("hunter2"), "{message}");
+        assert_eq!(
+            redact_urls("a \"postgres://u:pw@h/db\" b postgresql://v:pw2@k"),
+            "a \"postgres://u:***@h/db\" b postgresql://v:***@k"
+        );
     }
 
     #[test]

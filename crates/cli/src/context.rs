@@ -9,6 +9,13 @@ use sha2::{Digest, Sha256};
 use crate::config::Config;
 use crate::state::{self, Entry, Worktrees as RegistryDoc};
 
+/// The stem of worktree `id`'s database name (`<purpose>_<identifier>`):
+/// the id with the characters database names refuse (`.`) and the ones
+/// that need quoting in shells (`-`) made `_`.
+pub(crate) fn database_stem(id: &str) -> String {
+    id.replace(['-', '.'], "_")
+}
+
 /// One repository, as seen from the current directory.
 pub(crate) struct Repo {
     /// The main worktree's root (where `isolane.toml` lives).
@@ -64,6 +71,22 @@ impl Repo {
     /// The worktree id of a host-wide owner name, if it is one of ours.
     pub(crate) fn id_of_owner<'a>(&self, owner: &'a str) -> Option<&'a str> {
         owner.strip_prefix(&self.owner_prefix)
+    }
+
+    /// The worktree of this repository that `database` belongs to: its
+    /// owner record is a named database labelled with one of our worktree
+    /// ids, and its name is the one `create` gives that worktree. A label
+    /// alone is not proof: a record copied onto another database (a prefix
+    /// match, say) must not make it ours to drop.
+    pub(crate) fn worktree_of_database<'a>(
+        &self,
+        server: &pg_isolate::Server,
+        database: &'a pg_isolate::DatabaseInfo,
+    ) -> Option<&'a str> {
+        let owner = database.owner.as_ref()?;
+        let id = self.id_of_owner(owner.label.as_deref()?)?;
+        let expected = server.database_name(&database_stem(id)).ok()?;
+        (owner.kind == pg_isolate::DatabaseKind::Named && expected == database.name).then_some(id)
     }
 
     /// The registry entry `id`, or an input error listing what exists.
@@ -123,7 +146,12 @@ pub(crate) fn open_server(config: &Config, url: Option<&str>) -> Result<pg_isola
         prefix: config.database.prefix.clone(),
         ..pg_isolate::ServerOptions::default()
     };
-    Ok(pg_isolate::Server::connect(options)?)
+    let server = pg_isolate::Server::connect(options)?;
+    if let Some(recovery) = server.recovery() {
+        // Someone's server died without shutting down: say what was done.
+        crate::commands::progress(format_args!("recovered: {recovery}"));
+    }
+    Ok(server)
 }
 
 pub(crate) fn load_migrations(dir: &Path, config: &Config) -> Result<pg_isolate::Migrations> {
@@ -132,5 +160,23 @@ pub(crate) fn load_migrations(dir: &Path, config: &Config) -> Result<pg_isolate:
         crate::config::MigrationFormat::Diesel => pg_isolate::Format::Diesel,
         crate::config::MigrationFormat::Sqlx => pg_isolate::Format::Sqlx,
     };
-    Ok(pg_isolate::Migrations::load(dir, format)?)
+    pg_isolate::Migrations::load(dir, format).map_err(|source| {
+        // What the directory holds (or that it is missing) is the user's
+        // input: exit code 2. Other I/O failures are the environment's.
+        let input = match &source {
+            pg_isolate::MigrateError::Io { source: io, .. } => matches!(
+                io.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ),
+            _ => true,
+        };
+        if input {
+            anyhow::Error::new(crate::config::ConfigError::Migrations {
+                dir: dir.to_owned(),
+                source,
+            })
+        } else {
+            anyhow::Error::new(source)
+        }
+    })
 }

@@ -11,6 +11,8 @@ mod config;
 mod context;
 mod envfile;
 mod fault;
+#[cfg(test)]
+mod fuzz_tests;
 mod services;
 mod state;
 

@@ -12,7 +12,69 @@ use serde::{Deserialize, Serialize};
 /// The document kept in `registry.json`.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub(crate) struct Worktrees {
+    #[serde(deserialize_with = "valid_entries")]
     pub(crate) entries: BTreeMap<String, Entry>,
+}
+
+/// The entries, refusing any that isolane could not have written: a hostile
+/// or damaged registry must not steer `remove` or `gc` to another path, nor
+/// smuggle a NUL or a `..` into a name. A refusal makes the whole document
+/// corrupt (exit code 1; `isolane doctor --fix` moves it aside).
+fn valid_entries<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, Entry>, D::Error> {
+    use serde::de::Error as _;
+    let entries = BTreeMap::<String, Entry>::deserialize(deserializer)?;
+    for (key, entry) in &entries {
+        let bad = |reason: String| D::Error::custom(format!("entry {key:?}: {reason}"));
+        if *key != entry.id {
+            return Err(bad(format!("its id is {:?}", entry.id)));
+        }
+        for (kind, name) in [
+            ("purpose", &entry.purpose),
+            ("identifier", &entry.identifier),
+        ] {
+            worktree_core::validate_name(kind, name).map_err(|e| bad(e.to_string()))?;
+        }
+        if entry.id != format!("{}-{}", entry.purpose, entry.identifier) {
+            return Err(bad("its id is not <purpose>-<identifier>".to_owned()));
+        }
+        let traverses = entry
+            .path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+        if !entry.path.is_absolute()
+            || traverses
+            || entry.path.file_name() != Some(std::ffi::OsStr::new(&entry.id))
+        {
+            return Err(bad(format!(
+                "its path {} is not an absolute path ending in the id",
+                entry.path.display()
+            )));
+        }
+        if let Some(branch) = &entry.branch
+            && (branch.is_empty() || branch.chars().any(char::is_control))
+        {
+            return Err(bad(format!("its branch {branch:?} is not a branch name")));
+        }
+        if let Some(name) = entry
+            .ports
+            .keys()
+            .find(|n| !crate::config::looks_like_port_name(n))
+        {
+            return Err(bad(format!(
+                "its port name {name:?} is not a variable name"
+            )));
+        }
+        if let Some(database) = &entry.database
+            && !crate::config::looks_like_database_name(database)
+        {
+            return Err(bad(format!(
+                "its database {database:?} is not a name isolane makes"
+            )));
+        }
+    }
+    Ok(entries)
 }
 
 impl registry::Document for Worktrees {

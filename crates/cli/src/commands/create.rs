@@ -167,7 +167,7 @@ fn build(
             }
             None => None,
         };
-        let short = database_stem(&args.purpose, &args.identifier);
+        let short = crate::context::database_stem(id);
         let name = server.database_name(&short)?;
         let owner = repo.owner(id);
         let options = pg_isolate::CreateOptions {
@@ -223,12 +223,6 @@ fn build(
         database_url,
         from_pool: worktree.from_pool,
     })
-}
-
-/// `<purpose>_<identifier>` with the characters database names refuse
-/// (`.`) and the ones that need quoting in shells (`-`) made `_`.
-pub(crate) fn database_stem(purpose: &str, identifier: &str) -> String {
-    format!("{purpose}_{identifier}").replace(['-', '.'], "_")
 }
 
 /// Changes entry `id` in the registry.

@@ -73,7 +73,7 @@ fn migrate(args: &MigrateArgs) -> Result<ExitCode> {
         version => {
             if migrations.find(version).is_none() {
                 return Err(InputError(format!(
-                    "--to {version}: no such migration in {} (or use latest / none)",
+                    "--to {version:?}: no such migration in {} (or use latest / none)",
                     migrations.dir().display()
                 ))
                 .into());
@@ -122,6 +122,45 @@ fn migrate(args: &MigrateArgs) -> Result<ExitCode> {
 
 fn check_rollback(args: &CheckRollbackArgs) -> Result<ExitCode> {
     let (_, config, migrations) = context_and_migrations(args.dir.as_deref())?;
+    for (flag, version) in [("--from", &args.from), ("--to", &args.to)] {
+        if let Some(version) = version
+            && migrations.find(version).is_none()
+        {
+            return Err(InputError(format!(
+                "{flag} {version:?}: no such migration in {}",
+                migrations.dir().display()
+            ))
+            .into());
+        }
+    }
+    // A migration without a down script cannot be checked: refuse rather
+    // than report success over a range that was silently skipped.
+    let list = migrations.list();
+    let position = |version: &Option<String>, default: usize| {
+        version
+            .as_deref()
+            .and_then(|v| migrations.find(v))
+            .and_then(|found| list.iter().position(|m| std::ptr::eq(m, found)))
+            .unwrap_or(default)
+    };
+    let (first, last) = (
+        position(&args.from, 0),
+        position(&args.to, list.len().saturating_sub(1)),
+    );
+    if let Some(migration) = list
+        .iter()
+        .skip(first)
+        .take(last.saturating_add(1).saturating_sub(first))
+        .find(|m| !m.is_reversible())
+    {
+        return Err(InputError(format!(
+            "migration {} has no down script, so its rollback cannot be checked \
+             ({}); add one, or check a range without it (--from / --to)",
+            migration.version(),
+            migration.up_path().display()
+        ))
+        .into());
+    }
     progress(format_args!(
         "checking the rollback of {} migrations in {}",
         migrations.len(),
@@ -182,12 +221,10 @@ fn ours(repo: Option<&Repo>, config: &Config) -> Result<(pg_isolate::Server, Vec
         .list_databases()?
         .into_iter()
         .filter_map(|db| {
-            let owner = db.owner?;
-            let worktree = owner
-                .label
-                .as_deref()
-                .and_then(|label| repo.and_then(|r| r.id_of_owner(label)))
+            let worktree = repo
+                .and_then(|r| r.worktree_of_database(&server, &db))
                 .map(str::to_owned);
+            let owner = db.owner?;
             Some(DatabaseRow {
                 name: db.name,
                 kind: format!("{:?}", owner.kind).to_lowercase(),
@@ -234,6 +271,13 @@ fn list(orphans: bool, json: bool) -> Result<ExitCode> {
 /// `isolane remove`; per-test databases, templates and pool clones belong
 /// to pg-isolate, whose own gc reclaims them.
 fn clean(prefix: Option<&str>, dry_run: bool) -> Result<ExitCode> {
+    if let Some(prefix) = prefix.filter(|p| !crate::config::looks_like_database_name(p)) {
+        return Err(InputError(format!(
+            "invalid --prefix {prefix:?}: database names isolane makes are 1-63 ASCII \
+             letters, digits, '_' and '-'"
+        ))
+        .into());
+    }
     let repo = Repo::discover()?;
     let prefix = prefix.unwrap_or(&repo.config.database.prefix);
     let (server, rows) = ours(Some(&repo), &repo.config)?;

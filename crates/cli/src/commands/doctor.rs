@@ -8,10 +8,10 @@ use std::process::ExitCode;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::remove::{Teardown, teardown};
+use super::remove::{Teardown, abandoned, teardown, unchanged};
 use super::{print_json, progress};
 use crate::context::Repo;
-use crate::state::Phase;
+use crate::state::{Phase, Worktrees};
 
 #[derive(Debug, Serialize)]
 struct Finding {
@@ -50,7 +50,7 @@ pub(super) fn run(fix: bool, json: bool) -> Result<ExitCode> {
     let tear = |entry, how| teardown(&repo, entry, how).map(drop);
 
     for entry in doc.entries.values() {
-        if entry.is_abandoned() {
+        if abandoned(&repo, entry)? {
             let how = Teardown::finishing(entry);
             findings.push(repair(
                 fix,
@@ -62,7 +62,12 @@ pub(super) fn run(fix: bool, json: bool) -> Result<ExitCode> {
                 ),
                 || tear(entry, how),
             ));
-        } else if entry.phase == Phase::Ready && !entry.path.is_dir() {
+        } else if entry.phase == Phase::Ready
+            && !entry.path.is_dir()
+            // Not a remove that began after the snapshot (it records its
+            // intent before it deletes the directory).
+            && unchanged(&repo, entry)?
+        {
             let how = Teardown {
                 force: false,
                 keep_branch: true,
@@ -84,6 +89,10 @@ pub(super) fn run(fix: bool, json: bool) -> Result<ExitCode> {
     let known: BTreeSet<&str> = doc.entries.keys().map(String::as_str).collect();
     for info in repo.worktrees.list()? {
         if !info.managed || info.main || info.pooled || known.contains(info.id.as_str()) {
+            continue;
+        }
+        let unknown = |doc: &Worktrees| !doc.entries.contains_key(&info.id);
+        if !confirmed(&repo, unknown, || Ok(info.path.is_dir()))? {
             continue;
         }
         let holds_work = !info.dirty_files.is_empty() || !info.unmerged_commits.is_empty();
@@ -122,6 +131,11 @@ pub(super) fn run(fix: bool, json: bool) -> Result<ExitCode> {
         if known.contains(id) {
             continue;
         }
+        let unknown = |doc: &Worktrees| !doc.entries.contains_key(id);
+        let still_leased = || Ok(ports.list()?.iter().any(|l| l.owner == lease.owner));
+        if !confirmed(&repo, unknown, still_leased)? {
+            continue;
+        }
         let detail = format!(
             "ports {:?} leased to a worktree the registry does not know",
             lease.ports
@@ -145,15 +159,15 @@ pub(super) fn run(fix: bool, json: bool) -> Result<ExitCode> {
             .filter_map(|e| e.database.as_deref())
             .collect();
         for database in server.list_databases()? {
-            let ours = database
-                .owner
-                .as_ref()
-                .and_then(|owner| owner.label.as_deref())
-                .and_then(|label| repo.id_of_owner(label));
-            let Some(id) = ours else {
+            let Some(id) = repo.worktree_of_database(&server, &database) else {
                 continue;
             };
             if referenced.contains(database.name.as_str()) {
+                continue;
+            }
+            let name = database.name.as_str();
+            let still_there = || Ok(server.list_databases()?.iter().any(|d| d.name == name));
+            if !confirmed_database(&repo, id, name, still_there)? {
                 continue;
             }
             let detail = format!("database of worktree {id}, which the registry does not know");
@@ -163,9 +177,7 @@ pub(super) fn run(fix: bool, json: bool) -> Result<ExitCode> {
                 &database.name,
                 detail,
                 || {
-                    if registered_meanwhile(&repo, id)? {
-                        return Ok(());
-                    }
+                    // Confirmed just above, with the registry read again.
                     server
                         .drop_database(&database.name)
                         .map_err(anyhow::Error::from)
@@ -198,6 +210,52 @@ pub(super) fn run(fix: bool, json: bool) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Whether what a check found unaccounted for (`unaccounted` of a registry
+/// read) really is, rather than caught mid-way by a create or remove
+/// running beside doctor: unaccounted for in a fresh read, still there
+/// afterwards, and still unaccounted for after that. A create records its
+/// entry before it makes a directory, lease or database, and a remove takes
+/// them away before it deletes the entry, so a thing still there between
+/// two reads that both lack its entry has none.
+fn confirmed(
+    repo: &Repo,
+    unaccounted: impl Fn(&Worktrees) -> bool,
+    still_there: impl FnOnce() -> Result<bool>,
+) -> Result<bool> {
+    Ok(
+        unaccounted(&repo.registry.read()?)
+            && still_there()?
+            && unaccounted(&repo.registry.read()?),
+    )
+}
+
+/// [`confirmed`] for database `name` labelled as worktree `id`'s: no entry
+/// names it, and no entry `id` is at work (one left by a crashed create
+/// that made the database but did not record it does not count).
+fn confirmed_database(
+    repo: &Repo,
+    id: &str,
+    name: &str,
+    still_there: impl FnOnce() -> Result<bool>,
+) -> Result<bool> {
+    let unaccounted = |doc: &Worktrees| -> Result<bool> {
+        if doc
+            .entries
+            .values()
+            .any(|e| e.database.as_deref() == Some(name))
+        {
+            return Ok(false);
+        }
+        match doc.entries.get(id) {
+            None => Ok(true),
+            Some(entry) => abandoned(repo, entry),
+        }
+    };
+    Ok(unaccounted(&repo.registry.read()?)?
+        && still_there()?
+        && unaccounted(&repo.registry.read()?)?)
 }
 
 /// Whether `id` got a registry entry since the snapshot the checks used (a

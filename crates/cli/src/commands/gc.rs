@@ -8,7 +8,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::info::statuses;
-use super::remove::{Teardown, teardown};
+use super::remove::{Teardown, abandoned, teardown};
 use super::{age, print_json, progress};
 use crate::cli::GcArgs;
 use crate::context::Repo;
@@ -48,7 +48,10 @@ pub(super) fn run(args: &GcArgs) -> Result<ExitCode> {
     };
 
     let doc = repo.registry.read()?;
-    for entry in doc.entries.values().filter(|e| e.is_abandoned()) {
+    for entry in doc.entries.values() {
+        if !abandoned(&repo, entry)? {
+            continue;
+        }
         if !args.dry_run {
             let how = Teardown::finishing(entry);
             progress(format_args!(

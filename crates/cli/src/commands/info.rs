@@ -36,14 +36,48 @@ pub(crate) fn statuses(repo: &Repo) -> Result<Vec<Status>> {
     let doc = repo.registry.read()?;
     let infos = repo.worktrees.list()?;
     let now = now();
-    Ok(doc
+    let mut statuses: Vec<Status> = doc
         .entries
         .values()
         .map(|entry| {
             let info = infos.iter().find(|i| i.managed && i.id == entry.id);
             status(entry, info, now)
         })
-        .collect())
+        .collect();
+    // An interrupted operation or a missing directory, judged from the
+    // snapshot, may be a create that finished and exited, or a remove that
+    // began, after it was read. Read again (after every judgement): an
+    // entry that changed meanwhile is shown as it is now, an entry that
+    // went is not shown.
+    if statuses.iter().any(|s| s.in_doubt()) {
+        let fresh = repo.registry.read()?;
+        statuses.retain_mut(|s| {
+            if !s.in_doubt() {
+                return true;
+            }
+            let (Some(then), Some(current)) = (doc.entries.get(&s.id), fresh.entries.get(&s.id))
+            else {
+                return false;
+            };
+            if current.phase != then.phase || current.actor != then.actor {
+                s.state = current.phase.as_str().to_owned();
+                s.ports = current.ports.clone();
+                s.database = current.database.clone();
+            }
+            true
+        });
+    }
+    Ok(statuses)
+}
+
+impl Status {
+    /// A state that a command running beside this one can fake.
+    fn in_doubt(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "interrupted-create" | "interrupted-remove" | "missing-directory"
+        )
+    }
 }
 
 fn status(entry: &Entry, info: Option<&worktree_core::WorktreeInfo>, now: u64) -> Status {

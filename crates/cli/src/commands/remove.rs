@@ -95,7 +95,10 @@ pub(crate) fn teardown(repo: &Repo, entry: &Entry, how: Teardown) -> Result<Torn
         ..TornDown::default()
     };
 
-    if how.hooks && previous == Phase::Ready && entry.path.is_dir() && !entry.path_preexisting {
+    // A path replaced by a symlink is not followed: no hook runs in what it
+    // points at (worktree-core then refuses to remove it).
+    let real_dir = std::fs::symlink_metadata(&entry.path).is_ok_and(|m| m.is_dir());
+    if how.hooks && previous == Phase::Ready && real_dir && !entry.path_preexisting {
         // The hooks run only once removal is certain: a worktree kept for
         // its work must not have been half torn down by them.
         if !how.force {
@@ -118,6 +121,7 @@ pub(crate) fn teardown(repo: &Repo, entry: &Entry, how: Teardown) -> Result<Torn
             force: how.force,
             delete_branch: entry.branch_created && !how.keep_branch,
         };
+        let existed = std::fs::symlink_metadata(&entry.path).is_ok();
         match repo.worktrees.remove(id, options) {
             Ok(removed) => {
                 progress(format_args!("removed worktree {}", removed.path.display()));
@@ -125,6 +129,15 @@ pub(crate) fn teardown(repo: &Repo, entry: &Entry, how: Teardown) -> Result<Torn
                 done.branch_deleted = removed.branch_deleted;
             }
             Err(worktree_core::Error::NotFound { .. }) => {}
+            Err(failed) if existed && std::fs::symlink_metadata(&entry.path).is_err() => {
+                // The directory is gone all the same (the failure came after
+                // it left): nothing is kept, so the entry stays `removing`
+                // for the next remove, gc or doctor --fix to finish.
+                return Err(anyhow::Error::from(failed).context(format!(
+                    "removing worktree {id} failed after its directory was deleted; \
+                     `isolane remove {id}` or `isolane gc` finishes the removal"
+                )));
+            }
             Err(refused) => {
                 restore_phase(repo, id, previous)?;
                 return Err(anyhow::Error::from(refused).context(kept_message(id)));
@@ -166,6 +179,27 @@ pub(crate) fn teardown(repo: &Repo, entry: &Entry, how: Teardown) -> Result<Torn
         Ok::<_, registry::Error>(())
     })?;
     Ok(done)
+}
+
+/// Whether `entry`, read from a registry snapshot, is still what the
+/// registry holds: same phase, recorded by the same process.
+pub(crate) fn unchanged(repo: &Repo, entry: &Entry) -> Result<bool> {
+    Ok(repo
+        .registry
+        .read()?
+        .entries
+        .get(&entry.id)
+        .is_some_and(|now| now.phase == entry.phase && now.actor == entry.actor))
+}
+
+/// Whether `entry`, read from a registry snapshot, was left unfinished by a
+/// process that is gone. Its actor being gone is not enough: the actor may
+/// have finished (and exited) after the snapshot was read, and tearing its
+/// fresh worktree down as "interrupted" would destroy it. A gone process
+/// writes no more, so if the registry still shows the phase and actor it
+/// left after the actor was found gone, it left them unfinished.
+pub(crate) fn abandoned(repo: &Repo, entry: &Entry) -> Result<bool> {
+    Ok(entry.is_abandoned() && unchanged(repo, entry)?)
 }
 
 fn kept_message(id: &str) -> String {

@@ -41,7 +41,9 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
         ))
         .into());
     }
-    if !entry.path.is_dir() {
+    // Not through a symlink: the files written below would land in
+    // whatever it points at.
+    if !std::fs::symlink_metadata(&entry.path).is_ok_and(|m| m.is_dir()) {
         return Err(InputError(format!(
             "worktree {} has no directory at {} (isolane doctor --fix)",
             entry.id,

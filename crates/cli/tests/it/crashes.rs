@@ -222,3 +222,82 @@ fn commands_killed_at_arbitrary_moments_are_repaired() -> TestResult {
     }
     Ok(())
 }
+
+/// The embedded server killed with SIGKILL while a worktree uses its
+/// database: the next command restarts it and says so, and the database
+/// survives. A private cluster, so the shared one other tests use lives on.
+#[test]
+fn a_killed_embedded_server_is_recovered_and_the_cli_says_so() -> TestResult {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let cache = tempfile::Builder::new()
+        .prefix("isolane-cli-pgkill-")
+        .tempdir_in("/var/tmp")?;
+    // As root the server runs as `postgres`, which must reach the cluster.
+    std::fs::set_permissions(cache.path(), std::fs::Permissions::from_mode(0o755))?;
+    let embedded = pg_isolate::EmbeddedOptions {
+        cache_dir: Some(cache.path().to_owned()),
+        ..pg_isolate::EmbeddedOptions::default()
+    };
+    let _stop = StopOnDrop(embedded.clone());
+
+    let repo = repo_with_config("")?;
+    let root = repo.path();
+    let run = |args: &[&str]| {
+        isolane(root)
+            .env("PG_ISOLATE_CACHE_DIR", cache.path())
+            .args(args)
+            .output()
+    };
+    let first = run(&["create", "--purpose", "test-pgkill", "--identifier", "a"])?;
+    assert!(first.status.success(), "{first:?}");
+    assert!(!String::from_utf8_lossy(&first.stderr).contains("recovered"));
+
+    let data_dir = pg_isolate::Server::embedded_dir(&embedded)?;
+    let pid_file = std::fs::read_dir(&data_dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("postmaster.pid"))
+        .chain([data_dir.join("postmaster.pid")])
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("no postmaster.pid under {}", data_dir.display()))?;
+    let pid: i32 = std::fs::read_to_string(&pid_file)?
+        .lines()
+        .next()
+        .ok_or("empty postmaster.pid")?
+        .trim()
+        .parse()?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL)?;
+    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+
+    let second = run(&["create", "--purpose", "test-pgkill", "--identifier", "b"])?;
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("recovered: the embedded server"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("its pid {pid} is gone")),
+        "{stderr}"
+    );
+    // The first worktree's database lived through the crash.
+    let listed = run(&["db", "list", "--json"])?;
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains("testdb_test_pgkill_a"), "{listed}");
+    for id in ["test-pgkill-a", "test-pgkill-b"] {
+        let removed = run(&["remove", id])?;
+        assert!(removed.status.success(), "{removed:?}");
+    }
+    Ok(())
+}
+
+/// Stops a private embedded cluster when the test ends, however it ends.
+struct StopOnDrop(pg_isolate::EmbeddedOptions);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = pg_isolate::Server::stop_embedded(&self.0);
+    }
+}

@@ -4,6 +4,9 @@
 mod bad_input;
 mod concurrency;
 mod crashes;
+mod safety;
+mod soak;
+mod storage;
 mod workflow;
 
 use std::path::{Path, PathBuf};
