@@ -45,6 +45,46 @@ fn assert_gone(repo: &test_support::GitRepo, id: &str, database: &str) -> TestRe
     Ok(())
 }
 
+/// Runs isolane with `args` under `ISOLANE_FAULT=step`: it must die by
+/// SIGKILL there.
+fn killed_at(root: &std::path::Path, step: &str, args: &[&str]) -> TestResult {
+    let status = isolane(root)
+        .args(args)
+        .env("ISOLANE_FAULT", step)
+        .status()?;
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "{step}"
+    );
+    Ok(())
+}
+
+/// `doctor` reports what the kill at `step` left of `identifier`, `repair`
+/// clears it all, and `doctor` is then clean.
+fn repaired(
+    repo: &test_support::GitRepo,
+    step: &str,
+    repair: &[&str],
+    identifier: &str,
+) -> TestResult {
+    let root = repo.path();
+    let found = isolane(root).args(["doctor"]).output()?;
+    assert_eq!(
+        found.status.code(),
+        Some(1),
+        "{step}: doctor must report it"
+    );
+    ok(root, repair)?;
+    assert_gone(
+        repo,
+        &format!("test-crash-{identifier}"),
+        &format!("testdb_test_crash_{identifier}"),
+    )?;
+    ok(root, &["doctor"])?;
+    Ok(())
+}
+
 #[test]
 fn a_create_killed_at_any_step_is_rolled_back_by_gc_or_doctor() -> TestResult {
     let repo = repo_with_config("[hooks]\npost_create = [\"true\"]\n")?;
@@ -52,33 +92,17 @@ fn a_create_killed_at_any_step_is_rolled_back_by_gc_or_doctor() -> TestResult {
     for (i, step) in CREATE_STEPS.iter().enumerate() {
         for (r, repair) in REPAIRS.iter().enumerate() {
             let identifier = format!("c{i}{r}");
-            let id = format!("test-crash-{identifier}");
-            let status = isolane(root)
-                .args([
-                    "create",
-                    "--purpose",
-                    "test-crash",
-                    "--identifier",
-                    &identifier,
-                ])
-                .env("ISOLANE_FAULT", step)
-                .status()?;
-            assert_eq!(
-                std::os::unix::process::ExitStatusExt::signal(&status),
-                Some(9),
-                "{step}"
-            );
+            let create = [
+                "create",
+                "--purpose",
+                "test-crash",
+                "--identifier",
+                &identifier,
+            ];
+            killed_at(root, step, &create)?;
             let listed = json(root, &["list"])?;
             assert_eq!(listed[0]["state"], "interrupted-create", "{step}: {listed}");
-            let found = isolane(root).args(["doctor"]).output()?;
-            assert_eq!(
-                found.status.code(),
-                Some(1),
-                "{step}: doctor must report it"
-            );
-            ok(root, repair)?;
-            assert_gone(&repo, &id, &format!("testdb_test_crash_{identifier}"))?;
-            ok(root, &["doctor"])?;
+            repaired(&repo, step, repair, &identifier)?;
         }
     }
     Ok(())
@@ -91,35 +115,16 @@ fn a_remove_killed_at_any_step_is_finished_by_gc_or_doctor() -> TestResult {
     for (i, step) in REMOVE_STEPS.iter().enumerate() {
         for (r, repair) in REPAIRS.iter().enumerate() {
             let identifier = format!("r{i}{r}");
-            let id = format!("test-crash-{identifier}");
-            ok(
-                root,
-                &[
-                    "create",
-                    "--purpose",
-                    "test-crash",
-                    "--identifier",
-                    &identifier,
-                ],
-            )?;
-            let status = isolane(root)
-                .args(["remove", &id])
-                .env("ISOLANE_FAULT", step)
-                .status()?;
-            assert_eq!(
-                std::os::unix::process::ExitStatusExt::signal(&status),
-                Some(9),
-                "{step}"
-            );
-            let found = isolane(root).args(["doctor"]).output()?;
-            assert_eq!(
-                found.status.code(),
-                Some(1),
-                "{step}: doctor must report the interrupted remove"
-            );
-            ok(root, repair)?;
-            assert_gone(&repo, &id, &format!("testdb_test_crash_{identifier}"))?;
-            ok(root, &["doctor"])?;
+            let create = [
+                "create",
+                "--purpose",
+                "test-crash",
+                "--identifier",
+                &identifier,
+            ];
+            ok(root, &create)?;
+            killed_at(root, step, &["remove", &format!("test-crash-{identifier}")])?;
+            repaired(&repo, step, repair, &identifier)?;
         }
     }
     Ok(())
