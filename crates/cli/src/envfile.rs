@@ -74,8 +74,12 @@ pub(crate) fn rfc3339(seconds: u64) -> String {
     .to_string()
 }
 
-/// Writes both files into the worktree, each atomically (temp + rename), so
-/// a test never reads half a file.
+/// The files' permissions: owner only, as they always were (the database
+/// URL may carry a password).
+const MODE: u32 = 0o600;
+
+/// Writes both files into the worktree, each atomically and durably
+/// ([`registry::write_atomically`]), so a test never reads half a file.
 pub(crate) fn write_files(
     worktree: &Path,
     env_file: &str,
@@ -84,19 +88,11 @@ pub(crate) fn write_files(
     database_url: Option<&str>,
 ) -> std::io::Result<()> {
     let env = environment(entry, database_url);
-    write_atomically(&worktree.join(env_file), dotenv(&env).as_bytes())?;
+    registry::write_atomically(&worktree.join(env_file), dotenv(&env).as_bytes(), MODE)?;
     let mut metadata = serde_json::to_vec_pretty(&Metadata::new(entry, database_url))
         .map_err(std::io::Error::other)?;
     metadata.push(b'\n');
-    write_atomically(&worktree.join(metadata_file), &metadata)
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut temp, bytes)?;
-    temp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    registry::write_atomically(&worktree.join(metadata_file), &metadata, MODE)
 }
 
 #[cfg(test)]

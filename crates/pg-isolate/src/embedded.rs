@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write as _;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -405,25 +404,10 @@ pub(crate) fn major_version(base: &Path, bindir: &Path) -> Result<u32, Error> {
     Ok(major)
 }
 
+/// Replaces `path` with `contents` atomically and durably, created with
+/// `mode` (see [`registry::write_atomically`]).
 fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
-    let tmp = path.with_extension(format!(
-        "tmp-{}-{}",
-        std::process::id(),
-        crate::names::token()
-    ));
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| Error::io("creating", &tmp, e))?;
-    file.write_all(contents)
-        .map_err(|e| Error::io("writing", &tmp, e))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Error::io("replacing", path, e)
-    })
+    registry::write_atomically(path, contents, mode).map_err(|e| Error::io("replacing", path, e))
 }
 
 /// The cluster directory for `options` and its major version.

@@ -13,6 +13,9 @@
 //! - lock waits are bounded ([`Options::lock_timeout`]) and the error names
 //!   the process that held the lock.
 //!
+//! The same durable replacement of one file is available on its own as
+//! [`write_atomically`].
+//!
 //! The crate knows nothing of git, ports or SQL; `port-alloc` and the
 //! `isolane` CLI build their state on it.
 //!
@@ -40,11 +43,13 @@
 //! ```
 #![deny(missing_docs)]
 
+mod atomic;
 mod error;
 mod lock;
 mod process;
 mod store;
 
+pub use atomic::write_atomically;
 pub use error::Error;
 pub use process::ProcessIdentity;
 pub use store::{Document, Options, Store};

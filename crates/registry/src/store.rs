@@ -1,6 +1,6 @@
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::Error;
+use crate::atomic;
 use crate::lock::{self, Mode};
 
 /// A document type kept in a [`Store`].
@@ -66,8 +67,6 @@ pub struct Store<D> {
     /// which `flock` cannot tell apart on one open file.
     lock_file: Mutex<File>,
     dir: PathBuf,
-    /// The directory, kept open for the fsync that makes a rename durable.
-    dir_handle: File,
     temp_prefix: OsString,
     options: Options,
     swept_temp_files: AtomicBool,
@@ -93,10 +92,7 @@ impl<D: Document> Store<D> {
                 source: std::io::Error::new(ErrorKind::InvalidInput, "not a file path"),
             })?
             .to_owned();
-        let dir = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
-            _ => PathBuf::from("."),
-        };
+        let dir = atomic::parent(&path).to_owned();
         std::fs::create_dir_all(&dir).map_err(|source| Error::Directory {
             path: dir.clone(),
             source,
@@ -110,19 +106,12 @@ impl<D: Document> Store<D> {
         lock_name.push(".lock");
         let lock_path = dir.join(lock_name);
         let lock_file = Mutex::new(lock::open(&lock_path)?);
-        let dir_handle = File::open(&dir).map_err(|source| Error::Directory {
-            path: dir.clone(),
-            source,
-        })?;
-        let mut temp_prefix = OsString::from(".");
-        temp_prefix.push(&file_name);
-        temp_prefix.push(".tmp-");
+        let temp_prefix = atomic::temp_prefix(&file_name);
         Ok(Self {
             path,
             lock_path,
             lock_file,
             dir,
-            dir_handle,
             temp_prefix,
             options,
             swept_temp_files: AtomicBool::new(false),
@@ -283,26 +272,17 @@ impl<D: Document> Store<D> {
         Ok(bytes)
     }
 
-    /// Temp file in the same directory, fsync, rename over the document,
-    /// fsync the directory: a crash leaves the old or the new version.
+    /// See [`crate::write_atomically`]: a crash leaves the old or the new
+    /// version. The document is private to its owner (mode 600).
     fn write_atomically(&self, bytes: &[u8]) -> Result<(), Error> {
-        let write_error = |source| Error::Write {
+        atomic::write_atomically(&self.path, bytes, 0o600).map_err(|source| Error::Write {
             path: self.path.clone(),
             source,
-        };
-        let mut temp = tempfile::Builder::new()
-            .prefix(&self.temp_prefix)
-            .tempfile_in(&self.dir)
-            .map_err(write_error)?;
-        temp.write_all(bytes).map_err(write_error)?;
-        temp.as_file().sync_all().map_err(write_error)?;
-        temp.persist(&self.path)
-            .map_err(|persist| write_error(persist.error))?;
-        self.sync_dir()
+        })
     }
 
     fn sync_dir(&self) -> Result<(), Error> {
-        self.dir_handle.sync_all().map_err(|source| Error::Write {
+        atomic::sync_dir(&self.dir).map_err(|source| Error::Write {
             path: self.path.clone(),
             source,
         })

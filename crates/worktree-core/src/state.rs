@@ -3,7 +3,6 @@
 //! that let the next call roll back an operation a crash interrupted.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
@@ -168,9 +167,8 @@ impl StateDir {
         self.intents().join(format!("{id}.json"))
     }
 
-    /// Records an intent (atomic replace). Like git's own worktree files it
-    /// is not fsynced: it protects against a killed process, not against a
-    /// power loss (which would lose the unsynced checkout anyway).
+    /// Records an intent (atomic, durable replace): it survives a killed
+    /// process and a power loss.
     pub(crate) fn write_intent(&self, intent: &Intent) -> Result<()> {
         let path = self.intent_path(intent.id());
         let json = serde_json::to_vec_pretty(intent).expect("an intent always serializes");
@@ -221,23 +219,14 @@ impl StateDir {
     }
 }
 
-/// Writes `bytes` to `path` atomically (temp file, rename), so that a
-/// process killed at any moment leaves the old or the new content.
+/// Writes `bytes` to `path` atomically and durably (see
+/// [`registry::write_atomically`]), so that a process killed or a power loss
+/// at any moment leaves the old or the new content.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let result = (|| {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::Io {
-            action: "write",
-            path: path.to_owned(),
-            source,
-        }
+    // 666 before the umask, as `File::create` gives.
+    registry::write_atomically(path, bytes, 0o666).map_err(|source| Error::Io {
+        action: "write",
+        path: path.to_owned(),
+        source,
     })
 }

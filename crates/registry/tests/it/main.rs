@@ -1,6 +1,7 @@
 //! Integration tests of the registry store, with real files and real
 //! processes.
 
+mod atomic;
 mod concurrency;
 mod fuzz;
 mod storage;
