@@ -65,6 +65,26 @@ impl Default for Ports {
     }
 }
 
+impl Ports {
+    /// Why the configured range cannot serve on this host: it overlaps the
+    /// kernel's ephemeral range. Checked where ports are leased (`create`),
+    /// not at load: a config written on another host must not stop
+    /// `remove`, `gc` or `doctor` from cleaning up here.
+    pub(crate) fn host_problem(&self) -> Option<String> {
+        let (low, high) = self.range?;
+        let ephemeral = port_alloc::ephemeral_range();
+        (low <= *ephemeral.end() && *ephemeral.start() <= high).then(|| {
+            format!(
+                "isolane.toml: ports.range [{low}, {high}] overlaps the kernel's ephemeral \
+                 port range {}-{} (/proc/sys/net/ipv4/ip_local_port_range), whose ports any \
+                 outgoing connection may take; choose a range outside it",
+                ephemeral.start(),
+                ephemeral.end()
+            )
+        })
+    }
+}
+
 /// `[database]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -214,7 +234,8 @@ fn redact_urls(text: &str) -> String {
     while let Some(at) = rest.find("://") {
         let start = at + 3;
         let end = rest[start..]
-            .find(|c: char| c.is_whitespace() || matches!(c, '/' | '?' | '"' | '\'' | '#'))
+            // Not at `/`, `?` or `#`: a password may hold them.
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\''))
             .map_or(rest.len(), |i| start + i);
         out.push_str(&pg_isolate::redact_url(&rest[..end]));
         rest = &rest[end..];
@@ -350,16 +371,6 @@ fn port_range<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<(u16,
     if low > high {
         return Err(D::Error::custom(format!(
             "the range [{low}, {high}] is inverted"
-        )));
-    }
-    let ephemeral = port_alloc::ephemeral_range();
-    if low <= *ephemeral.end() && *ephemeral.start() <= high {
-        return Err(D::Error::custom(format!(
-            "the range [{low}, {high}] overlaps the kernel's ephemeral port range {}-{} \
-             (/proc/sys/net/ipv4/ip_local_port_range), whose ports any outgoing connection \
-             may take; choose a range outside it",
-            ephemeral.start(),
-            ephemeral.end()
         )));
     }
     Ok(Some((low, high)))

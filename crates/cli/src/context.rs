@@ -89,6 +89,24 @@ impl Repo {
         (owner.kind == pg_isolate::DatabaseKind::Named && expected == database.name).then_some(id)
     }
 
+    /// Refuses an entry whose path is not `<worktrees dir>/<id>`: a registry
+    /// edited by hand (or an entry made under another `worktrees_dir`) must
+    /// not steer the files, hooks and deletions of `run` and `remove`
+    /// anywhere else.
+    pub(crate) fn check_path(&self, entry: &Entry) -> Result<()> {
+        let expected = self.worktrees.path_of(&entry.id);
+        if entry.path == expected {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "registry entry {} points at {}, not {}: refusing to touch it \
+             (move the worktree back, or correct its path in the registry)",
+            entry.id,
+            entry.path.display(),
+            expected.display()
+        )
+    }
+
     /// The registry entry `id`, or an input error listing what exists.
     pub(crate) fn entry(&self, id: &str) -> Result<Entry> {
         let doc = self.registry.read()?;

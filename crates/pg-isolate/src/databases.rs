@@ -228,7 +228,9 @@ impl Server {
 /// after would leave a database nobody may drop.
 pub(crate) fn comment_sql(name: &str, record: &OwnerRecord) -> String {
     format!(
-        "BEGIN; SET LOCAL synchronous_commit = on; COMMENT ON DATABASE {} IS {}; COMMIT",
+        // One simple query of two statements is one implicit transaction:
+        // SET LOCAL holds for it, and an error leaves no transaction open.
+        "SET LOCAL synchronous_commit = on; COMMENT ON DATABASE {} IS {}",
         names::ident(name),
         names::literal(&record.to_json())
     )

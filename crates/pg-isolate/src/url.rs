@@ -72,28 +72,36 @@ fn percent_encode(text: &str) -> String {
     out
 }
 
-/// `url` with any password replaced by `***`.
+/// `url` with any password replaced by `***`: the one in the user info and
+/// a `password=` query parameter.
+///
+/// The user info is taken as the client library reads it, up to the first
+/// `@` after `://` wherever it is, so a password holding `/`, `?` or `#` is
+/// hidden whole; a URL that only looks as if it had user info is masked too
+/// much rather than too little.
 pub fn redact(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
-    let authority_start = scheme_end + 3;
-    let rest = &url[authority_start..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
+    let start = scheme_end + 3;
+    let masked = match url[start..].find('@') {
+        Some(at) => match url[start..start + at].find(':') {
+            Some(colon) => format!("{}:***{}", &url[..start + colon], &url[start + at..]),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
     };
-    let userinfo = &authority[..at];
-    let Some(colon) = userinfo.find(':') else {
-        return url.to_owned();
+    let Some((head, query)) = masked.split_once('?') else {
+        return masked;
     };
-    format!(
-        "{}{}:***{}",
-        &url[..authority_start],
-        &userinfo[..colon],
-        &url[authority_start + at..]
-    )
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some(("password", _)) => "password=***".to_owned(),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{head}?{}", query.join("&"))
 }
 
 #[cfg(test)]
@@ -108,6 +116,14 @@ mod tests {
         );
         assert_eq!(redact("postgres://me@host/db"), "postgres://me@host/db");
         assert_eq!(redact("postgres://host"), "postgres://host");
+        assert_eq!(
+            redact("postgres://u:pa/hun?ter#2@h:5/db"),
+            "postgres://u:***@h:5/db"
+        );
+        assert_eq!(
+            redact("postgres://u@h/db?sslmode=disable&password=pw&x=1"),
+            "postgres://u@h/db?sslmode=disable&password=***&x=1"
+        );
     }
 
     #[test]

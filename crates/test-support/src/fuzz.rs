@@ -192,7 +192,10 @@ where
             timeout: 0,
             rng_seed: RngSeed::Fixed(seed),
             max_shrink_iters: 4096,
-            max_shrink_time: 60_000,
+            // A failure's shrinking takes at most the budget again (at
+            // least a second), so a failing run stays bounded too.
+            max_shrink_time: u32::try_from(budget.as_millis().clamp(1_000, 60_000))
+                .expect("clamped to 60 000"),
             ..Config::default()
         });
         rounds += 1;

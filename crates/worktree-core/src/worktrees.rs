@@ -1515,16 +1515,27 @@ fn delete_local_branch(repo: &Repository, found: git2::Branch<'_>, branch: &str)
             .map_err(git("read configuration of branch", branch))?;
         entries
             .for_each(|entry| {
-                if let Some(name) = entry.name().filter(|n| n.starts_with(&prefix)) {
+                // `branch.<branch>.<key>` only: `branch.fix.1.remote` belongs
+                // to branch `fix.1`, not to `fix`.
+                if let Some(name) = entry.name().filter(|n| {
+                    n.strip_prefix(&prefix)
+                        .is_some_and(|key| !key.contains('.'))
+                }) {
                     names.push(name.to_owned());
                 }
             })
             .map_err(git("read configuration of branch", branch))?;
     }
+    // A key with several values is listed once per value.
+    names.sort();
+    names.dedup();
     for name in names {
-        config
-            .remove_multivar(&name, ".*")
-            .map_err(git("delete configuration of branch", branch))?;
+        match config.remove_multivar(&name, ".*") {
+            Err(e) if e.code() != git2::ErrorCode::NotFound => {
+                return Err(git("delete configuration of branch", branch)(e));
+            }
+            _ => {}
+        }
     }
     Ok(())
 }

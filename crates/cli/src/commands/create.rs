@@ -46,6 +46,9 @@ pub(super) fn run(args: &CreateArgs) -> Result<ExitCode> {
         ))
         .into());
     }
+    if let Some(problem) = repo.config.ports.host_problem() {
+        return Err(InputError(problem).into());
+    }
     let want_database = repo.config.database.enabled && !args.no_db;
 
     // The intent comes first: from here on a crash leaves an entry in

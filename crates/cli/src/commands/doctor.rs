@@ -166,7 +166,7 @@ pub(super) fn run(fix: bool, json: bool) -> Result<ExitCode> {
                 continue;
             }
             let name = database.name.as_str();
-            let still_there = || Ok(server.list_databases()?.iter().any(|d| d.name == name));
+            let still_there = || Ok(server.database_exists(name)?);
             if !confirmed_database(&repo, id, name, still_there)? {
                 continue;
             }

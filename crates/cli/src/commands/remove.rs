@@ -84,6 +84,7 @@ pub(super) fn run(args: &RemoveArgs) -> Result<ExitCode> {
 /// refuse (work at stake): nothing else is touched until it is gone.
 pub(crate) fn teardown(repo: &Repo, entry: &Entry, how: Teardown) -> Result<TornDown> {
     let id = entry.id.as_str();
+    repo.check_path(entry)?;
     let previous = entry.phase;
     record(repo, id, |e| {
         e.phase = Phase::Removing;
@@ -136,6 +137,15 @@ pub(crate) fn teardown(repo: &Repo, entry: &Entry, how: Teardown) -> Result<Torn
                 return Err(anyhow::Error::from(failed).context(format!(
                     "removing worktree {id} failed after its directory was deleted; \
                      `isolane remove {id}` or `isolane gc` finishes the removal"
+                )));
+            }
+            Err(escapes @ worktree_core::Error::Escapes { .. }) => {
+                // --force does not help here: what the link points at is
+                // not the worktree's to delete.
+                restore_phase(repo, id, previous)?;
+                return Err(anyhow::Error::from(escapes).context(format!(
+                    "worktree {id} was kept, with its database and ports: its path is a \
+                     symlink; delete the link, then `isolane remove {id}` finishes"
                 )));
             }
             Err(refused) => {

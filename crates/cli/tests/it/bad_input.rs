@@ -549,6 +549,36 @@ fn corpus(embedded_url: &str, password: &str) -> Vec<Case> {
             &["remove", "--force", "test-bi-ok"],
             "is corrupt",
         ),
+        // Well-formed, but outside this repository's worktrees dir: run and
+        // remove must not write, hook or delete there.
+        registry_case(
+            "registry-path-elsewhere-remove",
+            &registry_with(
+                "test-bi-ok",
+                entry(
+                    "test-bi-ok",
+                    "test-bi",
+                    "ok",
+                    "/tmp/isolane-elsewhere/test-bi-ok",
+                ),
+            ),
+            &["remove", "--force", "test-bi-ok"],
+            "refusing to touch it",
+        ),
+        registry_case(
+            "registry-path-elsewhere-run",
+            &registry_with(
+                "test-bi-ok",
+                entry(
+                    "test-bi-ok",
+                    "test-bi",
+                    "ok",
+                    "/tmp/isolane-elsewhere/test-bi-ok",
+                ),
+            ),
+            &["run", "test-bi-ok", "--", "true"],
+            "refusing to touch it",
+        ),
         registry_case(
             "registry-traversal-id",
             &registry_with(
@@ -767,6 +797,27 @@ fn corpus(embedded_url: &str, password: &str) -> Vec<Case> {
         )
         .config("[database]\nurl = \"postgres://app:s3cr3t-bad@host:notaport/db\"\n")
         .secret("s3cr3t-bad")
+        .db(),
+        // A password may hold `/`, `?` and `#`: the client reads the user
+        // info up to the first `@`, and so must the masking.
+        case(
+            "url-password-with-url-characters",
+            &create("pw-chars"),
+            2,
+            "is not a PostgreSQL connection URL",
+        )
+        .config("[database]\nurl = \"postgres://app:s3/cr?et#x@host:notaport/db\"\n")
+        .secret("s3/cr?et#x")
+        .secret("cr?et")
+        .db(),
+        case(
+            "url-password-in-query",
+            &create("pw-query"),
+            1,
+            "127.0.0.1:1",
+        )
+        .config("[database]\nurl = \"postgres://app@127.0.0.1:1/postgres?password=s3cr3t-query\"\n")
+        .secret("s3cr3t-query")
         .db(),
         case(
             "url-password-pg-isolate-url",

@@ -130,3 +130,48 @@ fn an_interrupted_run_stops_its_services_and_unlocks_the_worktree() -> TestResul
     ok(root, &["remove", "test-sigint-a"])?;
     Ok(())
 }
+
+/// Eight processes create the same worktree at once: the registry lock lets
+/// exactly one win, the others are refused, and nothing of theirs is left.
+#[test]
+fn concurrent_creates_of_one_id_let_exactly_one_win() -> TestResult {
+    let repo = repo_with_config("")?;
+    let root = repo.path();
+    let identifier = format!("same{}", std::process::id());
+    let id = format!("test-race-{identifier}");
+    let children = (0..8)
+        .map(|_| {
+            isolane(root)
+                .args([
+                    "create",
+                    "--purpose",
+                    "test-race",
+                    "--identifier",
+                    &identifier,
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut won = 0;
+    for child in children {
+        let out = child.wait_with_output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match out.status.code() {
+            Some(0) => won += 1,
+            Some(2) => assert!(stderr.contains("already exists"), "{stderr}"),
+            other => return Err(format!("exit {other:?}: {stderr}").into()),
+        }
+    }
+    assert_eq!(won, 1, "exactly one create may win");
+    let listed = json(root, &["list"])?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["state"], "ready", "{listed}");
+    let database = format!("testdb_test_race_{identifier}");
+    assert!(database_names(root)?.contains(&database));
+    ok(root, &["remove", &id])?;
+    assert!(!database_names(root)?.contains(&database));
+    assert_eq!(json(root, &["list"])?, serde_json::json!([]));
+    Ok(())
+}

@@ -91,7 +91,7 @@ fn a_create_killed_at_any_step_is_rolled_back_by_gc_or_doctor() -> TestResult {
     let root = repo.path();
     for (i, step) in CREATE_STEPS.iter().enumerate() {
         for (r, repair) in REPAIRS.iter().enumerate() {
-            let identifier = format!("c{i}{r}");
+            let identifier = format!("c{i}{r}p{}", std::process::id());
             let create = [
                 "create",
                 "--purpose",
@@ -114,7 +114,7 @@ fn a_remove_killed_at_any_step_is_finished_by_gc_or_doctor() -> TestResult {
     let root = repo.path();
     for (i, step) in REMOVE_STEPS.iter().enumerate() {
         for (r, repair) in REPAIRS.iter().enumerate() {
-            let identifier = format!("r{i}{r}");
+            let identifier = format!("r{i}{r}p{}", std::process::id());
             let create = [
                 "create",
                 "--purpose",
@@ -143,13 +143,31 @@ fn commands_killed_at_arbitrary_moments_are_repaired() -> TestResult {
             .stderr(std::process::Stdio::null())
             .spawn()
     };
-    for round in 0..16u64 {
+    // How long a whole create takes here: the kills are spread over it
+    // (and a little past it), whatever the speed of the machine.
+    let started = std::time::Instant::now();
+    let calibrate = format!("cal{}", std::process::id());
+    ok(
+        root,
+        &[
+            "create",
+            "--purpose",
+            "test-kill",
+            "--identifier",
+            &calibrate,
+        ],
+    )?;
+    let span = started.elapsed().mul_f64(1.25);
+    ok(root, &["remove", &format!("test-kill-{calibrate}")])?;
+
+    let mut killed = 0;
+    for round in 0..16u32 {
         // Leases are host-wide and outlive a failed run's repository: the
         // pid keeps this run's names apart from any earlier run's.
         let identifier = format!("k{round}p{}", std::process::id());
         let id = format!("test-kill-{identifier}");
-        // Delays from 0 to ~600 ms, in an order that is not monotonic.
-        let delay = std::time::Duration::from_millis(round * 211 % 640);
+        // Spread over the span, in an order that is not monotonic.
+        let delay = span.mul_f64(f64::from(round * 7 % 16) / 16.0);
         let mut create = quiet(isolane(root).args([
             "create",
             "--purpose",
@@ -160,6 +178,7 @@ fn commands_killed_at_arbitrary_moments_are_repaired() -> TestResult {
         std::thread::sleep(delay);
         create.kill()?;
         let created = create.wait()?.success();
+        killed += usize::from(!created);
         if created && round % 2 == 0 {
             let mut remove = quiet(isolane(root).args(["remove", &id]))?;
             std::thread::sleep(delay / 2);
@@ -167,6 +186,8 @@ fn commands_killed_at_arbitrary_moments_are_repaired() -> TestResult {
             remove.wait()?;
         }
     }
+    // At least the kill at 0 ms lands before the create finishes.
+    assert!(killed > 0, "no create was interrupted");
     ok(root, &["gc"])?;
     ok(root, &["doctor", "--fix"])?;
     ok(root, &["doctor"])?;

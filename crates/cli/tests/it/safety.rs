@@ -583,11 +583,10 @@ fn a_daemon_that_leaves_its_service_group_and_foreign_processes_survive_run_and_
         !alive(child),
         "the service's child {child} outlived the run"
     );
-    // The daemon left the group isolane started: it is not signalled (not
-    // ours to find by name). The test stops it by the pid it wrote.
-    let daemon_alive = alive(daemon);
+    // The daemon left the group isolane started; isolane does not hunt for
+    // it (by name or otherwise), a documented limit rather than a promise,
+    // so nothing is asserted of it. The test stops it by the pid it wrote.
     let _ = kill(Pid::from_raw(i32::try_from(daemon)?), Signal::SIGKILL);
-    assert!(daemon_alive, "the escaped daemon {daemon} was signalled");
 
     ok(root, &["remove", "--force", "test-proc-a"])?;
     foreign.assert_alive("remove")?;

@@ -170,3 +170,40 @@ fn list_reports_branch_head_dirt_and_unmerged_work() -> TestResult {
     assert_eq!(busy_info.unmerged_commits.len(), 1);
     Ok(())
 }
+
+#[test]
+fn deleting_a_branch_takes_its_configuration_and_no_other_branch_s() -> TestResult {
+    let repo = GitRepo::new()?;
+    let worktrees = open(&repo)?;
+    let created = worktrees.create(&CreateRequest::new("test", "cfg"))?;
+    let branch = created.branch.clone().ok_or("no branch")?;
+    // Its own settings (one of them with two values), and those of a
+    // branch whose name starts like it.
+    repo.git(["config", &format!("branch.{branch}.remote"), "origin"])?;
+    repo.git(["config", "--add", &format!("branch.{branch}.note"), "one"])?;
+    repo.git(["config", "--add", &format!("branch.{branch}.note"), "two"])?;
+    repo.git(["branch", &format!("{branch}.1")])?;
+    repo.git(["config", &format!("branch.{branch}.1.remote"), "upstream"])?;
+    let removed = worktrees.remove(
+        &created.id,
+        RemoveOptions {
+            force: false,
+            delete_branch: true,
+        },
+    )?;
+    assert_eq!(removed.branch_deleted.as_deref(), Some(branch.as_str()));
+    let config = repo.git(["config", "--list", "--local"])?;
+    assert!(
+        !config.contains(&format!("branch.{branch}.remote")),
+        "{config}"
+    );
+    assert!(
+        !config.contains(&format!("branch.{branch}.note")),
+        "{config}"
+    );
+    assert!(
+        config.contains(&format!("branch.{branch}.1.remote=upstream")),
+        "{config}"
+    );
+    Ok(())
+}
