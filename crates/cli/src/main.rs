@@ -3,6 +3,12 @@
 //! `main` parses, `run` does the work and returns the exit code; errors are
 //! printed with their whole chain. Exit codes: 0 ok, 1 the operation failed,
 //! 2 bad usage or input, and the command's own code for `isolane run`.
+//!
+//! Crash tests: `ISOLANE_FAULT=<step>` kills the process with SIGKILL at
+//! that step ([`registry::fault_point`]): `create.after_intent`,
+//! `create.after_worktree`, `create.after_ports`, `create.after_database`,
+//! `create.during_hooks`, `remove.after_intent`, `remove.after_worktree`,
+//! `remove.after_database`, `remove.after_ports`.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod cli;
@@ -10,7 +16,6 @@ mod commands;
 mod config;
 mod context;
 mod envfile;
-mod fault;
 #[cfg(test)]
 mod fuzz_tests;
 mod services;

@@ -14,7 +14,8 @@
 //!   the process that held the lock.
 //!
 //! The same durable replacement of one file is available on its own as
-//! [`write_atomically`].
+//! [`write_atomically`], and [`fault_point`] is the crash injection every
+//! crate's `kill -9` tests use.
 //!
 //! The crate knows nothing of git, ports or SQL; `port-alloc` and the
 //! `isolane` CLI build their state on it.
@@ -45,11 +46,13 @@
 
 mod atomic;
 mod error;
+mod fault;
 mod lock;
 mod process;
 mod store;
 
 pub use atomic::write_atomically;
 pub use error::Error;
+pub use fault::{FAULT_ENV, fault_point};
 pub use process::ProcessIdentity;
 pub use store::{Document, Options, Store};

@@ -43,7 +43,7 @@
 //! as `git worktree add` leaves them.
 //!
 //! Crash testing: with `ISOLANE_FAULT=<step>` in the environment the process
-//! aborts at that step (`worktree.after_intent`, `worktree.after_branch`,
+//! kills itself with SIGKILL at that step ([`registry::fault_point`]) (`worktree.after_intent`, `worktree.after_branch`,
 //! `worktree.after_admin_dir`, `worktree.after_files`,
 //! `worktree.after_checkout`, `worktree.handout_after_switch`,
 //! `worktree.handout_after_move`, `worktree.release_after_move`,
@@ -79,7 +79,6 @@ mod admin;
 mod checkout;
 mod discover;
 mod error;
-mod fault;
 mod names;
 mod snapshot;
 mod state;

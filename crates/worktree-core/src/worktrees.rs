@@ -7,7 +7,6 @@ use registry::ProcessIdentity;
 use crate::admin::{self, Admin, Head, Sidecar};
 use crate::checkout;
 use crate::error::{Error, Result, git, io};
-use crate::fault;
 use crate::names::{validate_branch, validate_id, worktree_id};
 use crate::snapshot;
 use crate::state::{FileLock, Intent, StateDir};
@@ -416,7 +415,7 @@ impl Worktrees {
             branch_created: target.branch_created.clone(),
         };
         self.state.write_intent(&intent)?;
-        fault::point("worktree.after_intent");
+        registry::fault_point("worktree.after_intent");
         let mut step = "create the worktree directory";
         let result = (|| {
             std::fs::create_dir(&path).map_err(io("create directory", &path))?;
@@ -424,12 +423,12 @@ impl Worktrees {
             if let Some((branch, _)) = &target.branch_created {
                 repo.branch(branch, &commit, false)
                     .map_err(git("create branch", branch))?;
-                fault::point("worktree.after_branch");
+                registry::fault_point("worktree.after_branch");
             }
             step = "write the worktree admin directory";
             let head = admin::head_content(target.branch.as_deref(), &target.commit.to_string());
             admin::create(&admin_dir, &path, &head)?;
-            fault::point("worktree.after_admin_dir");
+            registry::fault_point("worktree.after_admin_dir");
             Ok(())
         })();
         drop(repo_lock);
@@ -437,7 +436,7 @@ impl Worktrees {
             step = "check out the files";
             let written = if checkout::is_plain(&repo, &files) {
                 let entries = checkout::write_all(&self.common_dir, &path, &files)?;
-                fault::point("worktree.after_files");
+                registry::fault_point("worktree.after_files");
                 step = "write the index";
                 checkout::write_index(&admin_dir.join("index"), &entries)?;
                 entries.len()
@@ -447,7 +446,7 @@ impl Worktrees {
                 checkout::checkout_with_libgit2(&worktree, tree.id())?;
                 files.len()
             };
-            fault::point("worktree.after_checkout");
+            registry::fault_point("worktree.after_checkout");
             step = "finish";
             admin::write_sidecar(
                 &admin_dir,
@@ -668,7 +667,7 @@ impl Worktrees {
                 index,
                 changes,
             )?;
-            fault::point("worktree.handout_after_switch");
+            registry::fault_point("worktree.handout_after_switch");
             step = "move the pooled worktree into place";
             let head = admin::head_content(target.branch.as_deref(), &target.commit.to_string());
             admin::write_head(&pooled.dir, &head)?;
@@ -682,7 +681,7 @@ impl Worktrees {
             )?;
             std::fs::rename(&pooled.path, &path).map_err(io("move pooled worktree to", &path))?;
             admin::set_path(&pooled.dir, &path)?;
-            fault::point("worktree.handout_after_move");
+            registry::fault_point("worktree.handout_after_move");
             admin::unlock(&pooled.dir)?;
             Ok(written)
         })();
@@ -793,7 +792,7 @@ impl Worktrees {
                 let tombstone = self.tombstone(&format!(".pool-{slot}"))?;
                 std::fs::rename(&admin.path, &tombstone)
                     .map_err(io("move worktree to the trash at", &tombstone))?;
-                fault::point("worktree.remove_after_rename");
+                registry::fault_point("worktree.remove_after_rename");
                 trash = Some(tombstone);
             }
             std::fs::remove_dir_all(&admin.dir).map_err(io("remove directory", &admin.dir))?;
@@ -1072,7 +1071,7 @@ impl Worktrees {
             self.state.clear_intent(id)?;
             return Err(io("move worktree to the trash at", &trash)(error));
         }
-        fault::point("worktree.remove_after_rename");
+        registry::fault_point("worktree.remove_after_rename");
         let branch_deleted = self.finish_remove(repo, &intent)?;
         self.state.clear_intent(id)?;
         tracing::info!(id, path = %admin.path.display(), missing, branch_deleted, "removed worktree");
@@ -1348,7 +1347,7 @@ fn finish_release(intent: &Intent) -> Result<()> {
     if std::fs::symlink_metadata(slot).is_err() {
         std::fs::rename(path, slot).map_err(io("move worktree into the pool at", slot))?;
     }
-    fault::point("worktree.release_after_move");
+    registry::fault_point("worktree.release_after_move");
     admin::set_path(dir, slot)
 }
 
@@ -1386,7 +1385,7 @@ fn delete_tombstone(trash: &Path) -> Result<()> {
             gone(std::fs::remove_file(&path), &path)?;
         }
         if n == 0 {
-            fault::point("worktree.remove_during_trash");
+            registry::fault_point("worktree.remove_during_trash");
         }
     }
     gone(std::fs::remove_dir(trash), trash)

@@ -85,7 +85,7 @@ pub(super) fn run(args: &CreateArgs) -> Result<ExitCode> {
         );
         Ok(())
     })?;
-    crate::fault::point("create.after_intent");
+    registry::fault_point("create.after_intent");
 
     match build(&repo, args, &id, &port_names, want_database) {
         Ok(created) => {
@@ -148,14 +148,14 @@ fn build(
         entry.branch = worktree.branch.clone();
         entry.branch_created = worktree.branch_created;
     })?;
-    crate::fault::point("create.after_worktree");
+    registry::fault_point("create.after_worktree");
 
     let names: Vec<&str> = port_names.iter().map(String::as_str).collect();
     let lease = repo
         .ports()?
         .lease(&repo.owner(id), &names, port_alloc::Holder::Manual)?;
     record(repo, id, |entry| entry.ports = lease.ports.clone())?;
-    crate::fault::point("create.after_ports");
+    registry::fault_point("create.after_ports");
 
     let database_url = if want_database {
         let server = repo.server()?;
@@ -185,7 +185,7 @@ fn build(
         // right here leaves a database labelled with our owner name and no
         // entry, which `isolane doctor --fix` drops.
         record(repo, id, |entry| entry.database = Some(name.clone()))?;
-        crate::fault::point("create.after_database");
+        registry::fault_point("create.after_database");
         Some(server.url(&name))
     } else {
         None
@@ -214,7 +214,7 @@ fn build(
 
     let env = envfile::environment(&entry, database_url.as_deref());
     for hook in &config.hooks.post_create {
-        crate::fault::point("create.during_hooks");
+        registry::fault_point("create.during_hooks");
         run_hook(hook, &entry.path, &env)?;
     }
 

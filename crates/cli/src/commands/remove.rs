@@ -90,7 +90,7 @@ pub(crate) fn teardown(repo: &Repo, entry: &Entry, how: Teardown) -> Result<Torn
         e.phase = Phase::Removing;
         e.actor = registry::ProcessIdentity::current();
     })?;
-    crate::fault::point("remove.after_intent");
+    registry::fault_point("remove.after_intent");
     let mut done = TornDown {
         id: id.to_owned(),
         ..TornDown::default()
@@ -154,7 +154,7 @@ pub(crate) fn teardown(repo: &Repo, entry: &Entry, how: Teardown) -> Result<Torn
             }
         }
     }
-    crate::fault::point("remove.after_worktree");
+    registry::fault_point("remove.after_worktree");
 
     if let Some(database) = &entry.database {
         let server = repo.server()?;
@@ -179,10 +179,10 @@ pub(crate) fn teardown(repo: &Repo, entry: &Entry, how: Teardown) -> Result<Torn
             )),
         }
     }
-    crate::fault::point("remove.after_database");
+    registry::fault_point("remove.after_database");
 
     done.ports_released = repo.ports()?.release_owner(&repo.owner(id))?;
-    crate::fault::point("remove.after_ports");
+    registry::fault_point("remove.after_ports");
 
     repo.registry.update(|doc| {
         doc.entries.remove(id);

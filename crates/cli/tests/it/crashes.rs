@@ -85,6 +85,17 @@ fn repaired(
     Ok(())
 }
 
+/// `isolane create` of worktree `test-crash-<identifier>`.
+fn create_args(identifier: &str) -> [&str; 5] {
+    [
+        "create",
+        "--purpose",
+        "test-crash",
+        "--identifier",
+        identifier,
+    ]
+}
+
 #[test]
 fn a_create_killed_at_any_step_is_rolled_back_by_gc_or_doctor() -> TestResult {
     let repo = repo_with_config("[hooks]\npost_create = [\"true\"]\n")?;
@@ -92,13 +103,7 @@ fn a_create_killed_at_any_step_is_rolled_back_by_gc_or_doctor() -> TestResult {
     for (i, step) in CREATE_STEPS.iter().enumerate() {
         for (r, repair) in REPAIRS.iter().enumerate() {
             let identifier = format!("c{i}{r}p{}", std::process::id());
-            let create = [
-                "create",
-                "--purpose",
-                "test-crash",
-                "--identifier",
-                &identifier,
-            ];
+            let create = create_args(&identifier);
             killed_at(root, step, &create)?;
             let listed = json(root, &["list"])?;
             assert_eq!(listed[0]["state"], "interrupted-create", "{step}: {listed}");
@@ -115,13 +120,7 @@ fn a_remove_killed_at_any_step_is_finished_by_gc_or_doctor() -> TestResult {
     for (i, step) in REMOVE_STEPS.iter().enumerate() {
         for (r, repair) in REPAIRS.iter().enumerate() {
             let identifier = format!("r{i}{r}p{}", std::process::id());
-            let create = [
-                "create",
-                "--purpose",
-                "test-crash",
-                "--identifier",
-                &identifier,
-            ];
+            let create = create_args(&identifier);
             ok(root, &create)?;
             killed_at(root, step, &["remove", &format!("test-crash-{identifier}")])?;
             repaired(&repo, step, repair, &identifier)?;

@@ -5,8 +5,6 @@ use worktree_core::{CreateRequest, Error, Options, Released, RemoveOptions, Work
 
 use crate::{status, worktree_list};
 
-const FAULT_ENV: &str = "ISOLANE_FAULT";
-
 /// Child role: `create <repo> <identifier> <branch> [pool]`,
 /// `release <repo> <id>`, `remove <repo> <id> [delete-branch]` or
 /// `drain <repo>`. Reports on stdout, which the parent reads.
@@ -45,9 +43,9 @@ fn child_body(args: &[String]) -> TestResult {
 fn crash_child(test: &str, fault: &str, args: &[&str]) -> TestResult {
     let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
     let output = child::command(test, &args)?
-        .env(FAULT_ENV, fault)
+        .env(registry::FAULT_ENV, fault)
         .output()?;
-    // abort() is SIGABRT: the child must have died at the fault, not finished.
+    // The child must have died at the fault, not finished.
     assert!(!output.status.success(), "child survived fault {fault}");
     Ok(())
 }
