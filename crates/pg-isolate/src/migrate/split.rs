@@ -85,37 +85,9 @@ pub(crate) fn split(sql: &str) -> Vec<Statement> {
                 let escapes = i > 0
                     && matches!(bytes[i - 1], b'e' | b'E')
                     && (i < 2 || !is_ident_byte(bytes[i - 2]));
-                i += 1;
-                while i < n {
-                    if escapes && bytes[i] == b'\\' {
-                        i += 2;
-                    } else if bytes[i] == b'\'' {
-                        if bytes.get(i + 1) == Some(&b'\'') {
-                            i += 2;
-                        } else {
-                            i += 1;
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
+                i = skip_quoted(bytes, i, b'\'', escapes);
             }
-            b'"' => {
-                i += 1;
-                while i < n {
-                    if bytes[i] == b'"' {
-                        if bytes.get(i + 1) == Some(&b'"') {
-                            i += 2;
-                        } else {
-                            i += 1;
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
+            b'"' => i = skip_quoted(bytes, i, b'"', false),
             b'$' if i == 0 || !is_ident_byte(bytes[i - 1]) => {
                 // A dollar-quote tag: $$ or $tag$ (tag not starting with a digit).
                 let mut j = i + 1;
@@ -201,6 +173,28 @@ pub(crate) fn line_column(text: &str, byte: usize) -> (u32, u32) {
         u32::try_from(line).unwrap_or(u32::MAX),
         u32::try_from(column).unwrap_or(u32::MAX),
     )
+}
+
+/// The index just past the quoted text opening at `bytes[open]` (a string
+/// or an identifier): a doubled `quote` stands for itself, and with
+/// `escapes` (an `E'...'` string) a backslash escapes the next byte. An
+/// unterminated quote runs to the end.
+fn skip_quoted(bytes: &[u8], open: usize, quote: u8, escapes: bool) -> usize {
+    let mut i = open + 1;
+    while i < bytes.len() {
+        if escapes && bytes[i] == b'\\' {
+            i += 2;
+        } else if bytes[i] == quote {
+            if bytes.get(i + 1) == Some(&quote) {
+                i += 2;
+            } else {
+                return i + 1;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    i
 }
 
 #[cfg(test)]
