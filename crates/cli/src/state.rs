@@ -128,6 +128,12 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// Whether the worktree's path is a real directory: not missing, and
+    /// not a symlink, whose target isolane must never write or run in.
+    pub(crate) fn has_real_dir(&self) -> bool {
+        std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.is_dir())
+    }
+
     /// Whether a `creating` / `removing` entry was left by a process that is
     /// gone (crashed), as opposed to one still at work.
     pub(crate) fn is_abandoned(&self) -> bool {

@@ -98,8 +98,7 @@ pub(crate) fn teardown(repo: &Repo, entry: &Entry, how: Teardown) -> Result<Torn
 
     // A path replaced by a symlink is not followed: no hook runs in what it
     // points at (worktree-core then refuses to remove it).
-    let real_dir = std::fs::symlink_metadata(&entry.path).is_ok_and(|m| m.is_dir());
-    if how.hooks && previous == Phase::Ready && real_dir && !entry.path_preexisting {
+    if how.hooks && previous == Phase::Ready && entry.has_real_dir() && !entry.path_preexisting {
         // The hooks run only once removal is certain: a worktree kept for
         // its work must not have been half torn down by them.
         if !how.force {

@@ -44,7 +44,7 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
     repo.check_path(&entry)?;
     // Not through a symlink: the files written below would land in
     // whatever it points at.
-    if !std::fs::symlink_metadata(&entry.path).is_ok_and(|m| m.is_dir()) {
+    if !entry.has_real_dir() {
         return Err(InputError(format!(
             "worktree {} has no directory at {} (isolane doctor --fix)",
             entry.id,
