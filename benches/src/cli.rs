@@ -75,7 +75,8 @@ pub fn run(config: &Config, report: &mut Report) -> BenchResult {
         command
             .args(args)
             .current_dir(&repo)
-            .env("ISOLANE_STATE_DIR", &state);
+            .env("ISOLANE_STATE_DIR", &state)
+            .env("ISOLANE_PORT_CLAIMS_DIR", scratch.path().join("claims"));
         command
     };
     // The template is built once, as a project's first create would.

@@ -48,6 +48,7 @@ fn latency(config: &Config, report: &mut Report) -> BenchResult {
     let state = tempfile::tempdir_in(&config.scratch)?;
     let ports = PortAllocator::open(Options {
         state_dir: Some(state.path().to_owned()),
+        claims_dir: Some(state.path().to_owned().join("claims")),
         ..Options::default()
     })?;
     // A lived-in document: other worktrees hold leases too.
@@ -213,6 +214,7 @@ fn child(spec: &str) -> BenchResult {
     let allocator = match mode {
         "lease" => Some(PortAllocator::open(Options {
             state_dir: Some(PathBuf::from(state)),
+            claims_dir: Some(PathBuf::from(state).join("claims")),
             ..Options::default()
         })?),
         "portpicker" => None,

@@ -36,6 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     //    `Holder::current_process()` would free them when the process exits.
     let ports = PortAllocator::open(port_alloc::Options {
         state_dir: Some(scratch.path().join("state")),
+        claims_dir: Some(scratch.path().join("state").join("claims")),
         ..port_alloc::Options::default()
     })?;
     let lease = ports.lease(&worktree.id, &["APP_PORT", "API_PORT"], Holder::Manual)?;

@@ -144,10 +144,7 @@ impl Repo {
 }
 
 pub(crate) fn open_ports(config: &Config) -> Result<port_alloc::PortAllocator> {
-    let range = config
-        .ports
-        .range
-        .map(|(low, high)| low..high.saturating_add(1));
+    let range = config.ports.range.map(|(low, high)| low..=high);
     Ok(port_alloc::PortAllocator::open(port_alloc::Options {
         range,
         ..port_alloc::Options::default()

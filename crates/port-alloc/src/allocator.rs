@@ -2,13 +2,14 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::ops::Range;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use registry::{ProcessIdentity, Store};
 
 use crate::Error;
+use crate::claims::{self, Claims};
 use crate::document::{Leases, Record, StoredHolder, now_unix_ms};
 use crate::probe::Families;
 use crate::range;
@@ -29,10 +30,16 @@ pub struct Options {
     /// Directory holding `ports.json`. Default: `$ISOLANE_STATE_DIR`, else
     /// `$XDG_STATE_HOME/isolane`, else `~/.local/state/isolane`.
     pub state_dir: Option<PathBuf>,
-    /// Ports to lease from (`start..end`, end excluded). Default: 20000..30000,
-    /// or when that overlaps the kernel's [`ephemeral_range`](crate::ephemeral_range),
-    /// the larger unprivileged gap below or above it.
-    pub range: Option<Range<u16>>,
+    /// Directory of the host-wide port claims that keep leases of
+    /// different documents (other users, other state directories) apart.
+    /// Default: `$ISOLANE_PORT_CLAIMS_DIR`, else `/var/tmp/isolane-ports`;
+    /// created sticky and world-writable (mode 1777) when missing.
+    pub claims_dir: Option<PathBuf>,
+    /// Ports to lease from (`start..=end`, both included). Default:
+    /// 20000-29999, or when that overlaps the kernel's
+    /// [`ephemeral_range`](crate::ephemeral_range), the larger unprivileged
+    /// gap below or above it.
+    pub range: Option<RangeInclusive<u16>>,
     /// Accept a configured `range` that overlaps the ephemeral range.
     /// Default: `false` ([`Error::EphemeralOverlap`]).
     pub allow_ephemeral_overlap: bool,
@@ -192,7 +199,8 @@ pub struct Reclaimed {
 #[derive(Debug)]
 pub struct PortAllocator {
     store: Store<Leases>,
-    range: Range<u16>,
+    claims: Claims,
+    range: RangeInclusive<u16>,
     families: Families,
 }
 
@@ -206,10 +214,20 @@ impl PortAllocator {
             Some(dir) => dir,
             None => default_state_dir()?,
         };
+        refuse_foreign(&dir)?;
         let store = Store::open(dir.join(DOCUMENT_NAME), options.registry)?;
-        tracing::debug!(path = %store.path().display(), start = range.start, end = range.end, "opened port allocator");
+        // The claims name the document: one spelling of its path for all.
+        let document = std::fs::canonicalize(&dir)
+            .unwrap_or(dir)
+            .join(DOCUMENT_NAME);
+        let claims = Claims::open(
+            options.claims_dir.unwrap_or_else(claims::default_dir),
+            document,
+        )?;
+        tracing::debug!(path = %store.path().display(), claims = %claims.dir().display(), start = range.start(), end = range.end(), "opened port allocator");
         Ok(Self {
             store,
+            claims,
             range,
             families: Families::detect(),
         })
@@ -220,9 +238,14 @@ impl PortAllocator {
         self.store.path()
     }
 
-    /// The range new ports are taken from (`start..end`, end excluded).
-    pub fn range(&self) -> Range<u16> {
+    /// The range new ports are taken from (`start..=end`, both included).
+    pub fn range(&self) -> RangeInclusive<u16> {
         self.range.clone()
+    }
+
+    /// The host-wide claims directory.
+    pub fn claims_dir(&self) -> &Path {
+        self.claims.dir()
     }
 
     /// Leases a port for each of `names` to `owner`.
@@ -237,11 +260,12 @@ impl PortAllocator {
         validate(owner, names, &self.range)?;
         let now_ms = now_unix_ms();
         self.store.update(|doc| {
-            reclaim_stale(doc, now_ms);
+            self.reclaim_stale(doc, now_ms)?;
             let families = self.families;
-            allocate(doc, owner, names, holder, now_ms, &self.range, |port| {
+            let (lease, _) = self.allocate(doc, owner, names, holder, now_ms, |port| {
                 families.is_free(port)
-            })
+            })?;
+            Ok(lease)
         })
     }
 
@@ -263,10 +287,10 @@ impl PortAllocator {
             .map_err(|source| Error::BindAddress { ip, source })?;
         let now_ms = now_unix_ms();
         self.store.update(|doc| {
-            reclaim_stale(doc, now_ms);
+            self.reclaim_stale(doc, now_ms)?;
             let families = self.families;
             let mut fresh = BTreeMap::new();
-            let lease = allocate(doc, owner, names, holder, now_ms, &self.range, |port| {
+            let (lease, claimed) = self.allocate(doc, owner, names, holder, now_ms, |port| {
                 if !families.is_free(port) {
                     return false;
                 }
@@ -285,15 +309,21 @@ impl PortAllocator {
                     .expect("allocate leases every requested name");
                 let listener = match fresh.remove(&port) {
                     Some(listener) => listener,
-                    None => TcpListener::bind(SocketAddr::new(ip, port)).map_err(|source| {
-                        Error::Bind {
-                            owner: owner.to_owned(),
-                            name: (*name).to_owned(),
-                            port,
-                            ip,
-                            source,
+                    None => match TcpListener::bind(SocketAddr::new(ip, port)) {
+                        Ok(listener) => listener,
+                        Err(source) => {
+                            // The document is not written: neither are the
+                            // claims of this request.
+                            self.release_claims(&claimed);
+                            return Err(Error::Bind {
+                                owner: owner.to_owned(),
+                                name: (*name).to_owned(),
+                                port,
+                                ip,
+                                source,
+                            });
                         }
-                    })?,
+                    },
                 };
                 listeners.insert((*name).to_owned(), listener);
             }
@@ -332,12 +362,15 @@ impl PortAllocator {
     /// held none: releasing what is not leased is not an error).
     pub fn release_owner(&self, owner: &str) -> Result<Vec<u16>, Error> {
         let ports = self.store.update(|doc| {
-            Ok::<_, Error>(
-                doc.owners
-                    .remove(owner)
-                    .map(|record| record.ports.into_values().collect::<Vec<_>>())
-                    .unwrap_or_default(),
-            )
+            let ports = doc
+                .owners
+                .remove(owner)
+                .map(|record| record.ports.into_values().collect::<Vec<_>>())
+                .unwrap_or_default();
+            for port in &ports {
+                self.claims.release(*port)?;
+            }
+            Ok::<_, Error>(ports)
         })?;
         if !ports.is_empty() {
             tracing::debug!(owner, ?ports, "released lease");
@@ -365,17 +398,23 @@ impl PortAllocator {
                     doc.owners.remove(&owner);
                 }
             }
+            self.claims.release(port)?;
             tracing::debug!(owner, name, port, "released port");
             Ok(true)
         })
     }
 
     /// Frees every lease whose process is gone (exited, or its pid reused)
-    /// or whose TTL ran out, and reports what was freed.
+    /// or whose TTL ran out, and reports what was freed. Also removes the
+    /// host-wide claims of this document that no lease holds (left by a
+    /// crash between claim and lease).
     pub fn reclaim(&self) -> Result<Vec<Reclaimed>, Error> {
         let now_ms = now_unix_ms();
-        self.store
-            .update(|doc| Ok::<_, Error>(reclaim_stale(doc, now_ms)))
+        self.store.update(|doc| {
+            let reclaimed = self.reclaim_stale(doc, now_ms)?;
+            self.claims.sweep(&leased_ports(doc))?;
+            Ok::<_, Error>(reclaimed)
+        })
     }
 
     /// Every lease, stale ones included, ordered by owner.
@@ -419,7 +458,7 @@ fn default_state_dir() -> Result<PathBuf, Error> {
     Err(Error::NoStateDir)
 }
 
-fn validate(owner: &str, names: &[&str], range: &Range<u16>) -> Result<(), Error> {
+fn validate(owner: &str, names: &[&str], range: &RangeInclusive<u16>) -> Result<(), Error> {
     let bad_owner = |reason| Error::InvalidOwner {
         owner: owner.to_owned(),
         reason,
@@ -464,90 +503,178 @@ fn validate(owner: &str, names: &[&str], range: &Range<u16>) -> Result<(), Error
             });
         }
     }
-    if names.len() > range.len() {
+    if names.len() > range::len(range) {
         return Err(Error::TooManyNames {
             owner: owner.to_owned(),
             requested: names.len(),
-            capacity: range.len(),
-            start: range.start,
-            end: range.end,
+            capacity: range::len(range),
+            start: *range.start(),
+            end: *range.end(),
         });
     }
     Ok(())
 }
 
-/// Gives `owner` a port for every name it does not hold yet, taking ports
-/// that no lease holds and that `accept` approves, starting at the owner's
-/// preferred block.
-fn allocate(
-    doc: &mut Leases,
-    owner: &str,
-    names: &[&str],
-    holder: Holder,
-    now_ms: u64,
-    range: &Range<u16>,
-    mut accept: impl FnMut(u16) -> bool,
-) -> Result<Lease, Error> {
-    let existing = doc.owners.get(owner);
-    let missing: Vec<&str> = names
-        .iter()
-        .copied()
-        .filter(|name| existing.is_none_or(|record| !record.ports.contains_key(*name)))
-        .collect();
-    let mut fresh = Vec::with_capacity(missing.len());
-    if !missing.is_empty() {
-        let leased: HashSet<u16> = doc
-            .owners
-            .values()
-            .flat_map(|record| record.ports.values().copied())
-            .collect();
-        let len = range.len();
-        let blocks = len.div_ceil(BLOCK);
-        let first = usize::try_from(preference_hash(owner) % blocks as u64)
-            .expect("a block index is below the block count, a usize")
-            * BLOCK;
-        for step in 0..len {
-            let port = range.start
-                + u16::try_from((first + step) % len).expect("an offset inside a u16 range");
-            if leased.contains(&port) || !accept(port) {
-                continue;
-            }
-            fresh.push(port);
-            if fresh.len() == missing.len() {
-                break;
+impl PortAllocator {
+    /// Gives `owner` a port for every name it does not hold yet, taking
+    /// ports that no lease of this document holds, that `accept` approves
+    /// and that no other document has claimed host-wide, starting at the
+    /// owner's preferred block. Returns the lease and the ports newly
+    /// claimed for it.
+    fn allocate(
+        &self,
+        doc: &mut Leases,
+        owner: &str,
+        names: &[&str],
+        holder: Holder,
+        now_ms: u64,
+        mut accept: impl FnMut(u16) -> bool,
+    ) -> Result<(Lease, Vec<u16>), Error> {
+        let range = &self.range;
+        let existing = doc.owners.get(owner);
+        // Ports leased before claims existed get theirs now (idempotent).
+        for (name, port) in existing.map(|r| &r.ports).into_iter().flatten() {
+            if !self.claims.claim(*port, owner, name)? {
+                tracing::warn!(
+                    owner,
+                    name,
+                    port,
+                    "a port of this lease is claimed by another user or state directory"
+                );
             }
         }
-        if fresh.len() < missing.len() {
-            let leased_in_range = leased.iter().filter(|port| range.contains(port)).count();
-            return Err(Error::Exhausted {
-                owner: owner.to_owned(),
-                requested: missing.len(),
-                available: fresh.len(),
-                leased: leased_in_range,
-                start: range.start,
-                end: range.end,
+        let missing: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|name| existing.is_none_or(|record| !record.ports.contains_key(*name)))
+            .collect();
+        let mut fresh = Vec::with_capacity(missing.len());
+        if !missing.is_empty() {
+            let leased = leased_ports(doc);
+            let len = range::len(range);
+            let blocks = len.div_ceil(BLOCK);
+            let first = usize::try_from(preference_hash(owner) % blocks as u64)
+                .expect("a block index is below the block count, a usize")
+                * BLOCK;
+            for step in 0..len {
+                let port = range.start()
+                    + u16::try_from((first + step) % len).expect("an offset inside a u16 range");
+                if leased.contains(&port) || !accept(port) {
+                    continue;
+                }
+                match self.claims.claim(port, owner, missing[fresh.len()]) {
+                    Ok(true) => fresh.push(port),
+                    Ok(false) => continue,
+                    Err(error) => {
+                        self.release_claims(&fresh);
+                        return Err(error);
+                    }
+                }
+                if fresh.len() == missing.len() {
+                    break;
+                }
+            }
+            if fresh.len() < missing.len() {
+                self.release_claims(&fresh);
+                let leased_in_range = leased.iter().filter(|port| range.contains(port)).count();
+                return Err(Error::Exhausted {
+                    owner: owner.to_owned(),
+                    requested: missing.len(),
+                    available: fresh.len(),
+                    leased: leased_in_range,
+                    start: *range.start(),
+                    end: *range.end(),
+                });
+            }
+            // The claims must outlive a power loss as the lease does.
+            if let Err(error) = self.claims.sync() {
+                self.release_claims(&fresh);
+                return Err(error);
+            }
+        }
+        let record = doc
+            .owners
+            .entry(owner.to_owned())
+            .or_insert_with(|| Record {
+                ports: BTreeMap::new(),
+                holder: StoredHolder::Manual,
+                created_unix_ms: now_ms,
+            });
+        record.holder = holder.stored(now_ms);
+        for (name, port) in missing.iter().zip(&fresh) {
+            record.ports.insert((*name).to_owned(), *port);
+        }
+        if !fresh.is_empty() {
+            tracing::debug!(owner, ports = ?record.ports, "leased ports");
+        }
+        let lease = Lease {
+            owner: owner.to_owned(),
+            ports: record.ports.clone(),
+        };
+        Ok((lease, fresh))
+    }
+
+    /// Drops the claims of a request that failed before its lease was
+    /// recorded. Best effort: a claim left behind is ours, and the next
+    /// [`reclaim`](Self::reclaim) removes it.
+    fn release_claims(&self, ports: &[u16]) {
+        for port in ports {
+            if let Err(error) = self.claims.release(*port) {
+                tracing::warn!(port, %error, "cannot release the claim of a failed lease");
+            }
+        }
+    }
+
+    /// Removes every stale lease (and its claims) from the document and
+    /// reports them.
+    fn reclaim_stale(&self, doc: &mut Leases, now_ms: u64) -> Result<Vec<Reclaimed>, Error> {
+        let mut reclaimed = Vec::new();
+        doc.owners
+            .retain(|owner, record| match liveness(&record.holder, now_ms) {
+                Liveness::Stale(reason) => {
+                    tracing::info!(owner, ports = ?record.ports, ?reason, "reclaimed stale port lease");
+                    reclaimed.push(Reclaimed {
+                        owner: owner.clone(),
+                        ports: std::mem::take(&mut record.ports),
+                        reason,
+                    });
+                    false
+                }
+                _ => true,
+            });
+        for port in reclaimed.iter().flat_map(|r| r.ports.values()) {
+            self.claims.release(*port)?;
+        }
+        Ok(reclaimed)
+    }
+}
+
+/// Every port the document leases.
+fn leased_ports(doc: &Leases) -> HashSet<u16> {
+    doc.owners
+        .values()
+        .flat_map(|record| record.ports.values().copied())
+        .collect()
+}
+
+/// Refuses a state directory (or lease document) that belongs to another
+/// user: the leases there are theirs, and files we wrote there would be
+/// ours in their directory.
+fn refuse_foreign(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = nix::unistd::geteuid().as_raw();
+    for path in [dir.to_owned(), dir.join(DOCUMENT_NAME)] {
+        if let Ok(meta) = std::fs::metadata(&path)
+            && meta.uid() != uid
+        {
+            return Err(Error::ForeignStateDir {
+                dir: dir.to_owned(),
+                owner_uid: meta.uid(),
+                uid,
             });
         }
     }
-    let record = doc
-        .owners
-        .entry(owner.to_owned())
-        .or_insert_with(|| Record {
-            ports: BTreeMap::new(),
-            holder: StoredHolder::Manual,
-            created_unix_ms: now_ms,
-        });
-    record.holder = holder.stored(now_ms);
-    for (name, port) in missing.iter().zip(&fresh) {
-        record.ports.insert((*name).to_owned(), *port);
-    }
-    if !fresh.is_empty() {
-        tracing::debug!(owner, ports = ?record.ports, "leased ports");
-    }
-    Ok(Lease {
-        owner: owner.to_owned(),
-        ports: record.ports.clone(),
-    })
+    Ok(())
 }
 
 /// FNV-1a: stable across runs, platforms and Rust versions, unlike std's
@@ -584,23 +711,4 @@ fn liveness(holder: &StoredHolder, now_ms: u64) -> Liveness {
         }
         StoredHolder::Manual => Liveness::Manual,
     }
-}
-
-/// Removes every stale lease from the document and reports them.
-fn reclaim_stale(doc: &mut Leases, now_ms: u64) -> Vec<Reclaimed> {
-    let mut reclaimed = Vec::new();
-    doc.owners
-        .retain(|owner, record| match liveness(&record.holder, now_ms) {
-            Liveness::Stale(reason) => {
-                tracing::info!(owner, ports = ?record.ports, ?reason, "reclaimed stale port lease");
-                reclaimed.push(Reclaimed {
-                    owner: owner.clone(),
-                    ports: std::mem::take(&mut record.ports),
-                    reason,
-                });
-                false
-            }
-            _ => true,
-        });
-    reclaimed
 }

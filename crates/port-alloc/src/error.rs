@@ -1,4 +1,5 @@
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 /// Everything that can go wrong while leasing, releasing or listing ports.
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +15,43 @@ pub enum Error {
          ISOLANE_STATE_DIR, XDG_STATE_HOME or HOME"
     )]
     NoStateDir,
+    /// The state directory belongs to another user: writing leases there
+    /// would leave files that user cannot change, and reading theirs would
+    /// hand out ports as if they were ours.
+    #[error(
+        "the port lease state directory {} belongs to uid {owner_uid}, not to uid {uid}; \
+         set ISOLANE_STATE_DIR (or Options::state_dir) to a directory of your own",
+        dir.display()
+    )]
+    ForeignStateDir {
+        /// The state directory.
+        dir: PathBuf,
+        /// Its owner.
+        owner_uid: u32,
+        /// The calling user.
+        uid: u32,
+    },
+    /// The host-wide claims directory cannot be created or is unsafe to
+    /// share (a symlink, not a directory, or not sticky).
+    #[error("cannot use {} as the host-wide port claims directory: {reason}", dir.display())]
+    ClaimsDir {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+        /// The underlying I/O error, if any.
+        #[source]
+        source: Option<std::io::Error>,
+    },
+    /// A claim file could not be written, read or removed.
+    #[error("cannot update the port claim {}", path.display())]
+    Claim {
+        /// The claim file.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The owner name is empty or unusable.
     #[error("invalid lease owner {owner:?}: {reason}")]
     InvalidOwner {
@@ -54,42 +92,34 @@ pub enum Error {
         /// The repeated name.
         name: String,
     },
-    /// The configured range holds no port (`start == end`).
-    #[error("port range {start}..{end} is empty")]
-    EmptyRange {
-        /// First port of the range.
-        start: u16,
-        /// One past the last port of the range.
-        end: u16,
-    },
     /// The configured range ends before it starts.
-    #[error("port range {start}..{end} is inverted: it ends before it starts")]
+    #[error("port range {start}-{end} is inverted: it ends before it starts")]
     InvertedRange {
         /// First port of the range.
         start: u16,
-        /// One past the last port of the range.
+        /// Last port of the range (inclusive).
         end: u16,
     },
     /// The configured range includes port 0, which means "any port" to the
     /// kernel and cannot be leased.
-    #[error("port range {start}..{end} includes port 0, which cannot be leased")]
+    #[error("port range {start}-{end} includes port 0, which cannot be leased")]
     RangeIncludesZero {
         /// First port of the range.
         start: u16,
-        /// One past the last port of the range.
+        /// Last port of the range (inclusive).
         end: u16,
     },
     /// The configured range overlaps the kernel's ephemeral range, from which
     /// outgoing connections take their local ports at any moment.
     #[error(
-        "port range {start}..{end} overlaps the kernel's ephemeral port range \
+        "port range {start}-{end} overlaps the kernel's ephemeral port range \
          {ephemeral_start}-{ephemeral_end}, whose ports any outgoing connection may take; \
          choose a range outside it or set allow_ephemeral_overlap"
     )]
     EphemeralOverlap {
         /// First port of the range.
         start: u16,
-        /// One past the last port of the range.
+        /// Last port of the range (inclusive).
         end: u16,
         /// First ephemeral port (inclusive).
         ephemeral_start: u16,
@@ -122,12 +152,12 @@ pub enum Error {
         capacity: usize,
         /// First port of the range.
         start: u16,
-        /// One past the last port of the range.
+        /// Last port of the range (inclusive).
         end: u16,
     },
     /// Not enough free ports are left in the range.
     #[error(
-        "port range {start}..{end} is exhausted: {owner:?} needs {requested} more ports but \
+        "port range {start}-{end} is exhausted: {owner:?} needs {requested} more ports but \
          only {available} are free ({leased} are leased, the rest are in use by other programs)"
     )]
     Exhausted {
@@ -141,7 +171,7 @@ pub enum Error {
         leased: usize,
         /// First port of the range.
         start: u16,
-        /// One past the last port of the range.
+        /// Last port of the range (inclusive).
         end: u16,
     },
     /// A heartbeat named an owner that holds no lease (it was released or
@@ -190,7 +220,6 @@ impl Error {
                 | Self::EmptyName { .. }
                 | Self::InvalidName { .. }
                 | Self::DuplicateName { .. }
-                | Self::EmptyRange { .. }
                 | Self::InvertedRange { .. }
                 | Self::RangeIncludesZero { .. }
                 | Self::EphemeralOverlap { .. }

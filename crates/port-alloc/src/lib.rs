@@ -51,6 +51,7 @@
 #![deny(missing_docs)]
 
 mod allocator;
+mod claims;
 mod document;
 mod error;
 mod probe;

@@ -1,7 +1,7 @@
 //! The lease range: the kernel's ephemeral range, the default range outside
 //! it, and validation of a configured range.
 
-use std::ops::{Range, RangeInclusive};
+use std::ops::RangeInclusive;
 
 use crate::Error;
 
@@ -14,7 +14,7 @@ const FALLBACK_EPHEMERAL: RangeInclusive<u16> = 49152..=65535;
 
 /// The range used when none is configured and it is clear of the
 /// ephemeral range.
-const PREFERRED_DEFAULT: Range<u16> = 20000..30000;
+const PREFERRED_DEFAULT: RangeInclusive<u16> = 20000..=29999;
 
 /// Ports below this need privileges on most systems.
 const FIRST_UNPRIVILEGED: u16 = 1024;
@@ -46,19 +46,16 @@ fn parse_ephemeral(text: &str) -> Option<RangeInclusive<u16>> {
 
 /// Validates a configured range, or derives the default one.
 pub(crate) fn resolve(
-    configured: Option<Range<u16>>,
+    configured: Option<RangeInclusive<u16>>,
     ephemeral: &RangeInclusive<u16>,
     allow_ephemeral_overlap: bool,
-) -> Result<Range<u16>, Error> {
+) -> Result<RangeInclusive<u16>, Error> {
     let Some(range) = configured else {
         return default_range(ephemeral);
     };
-    let (start, end) = (range.start, range.end);
+    let (start, end) = (*range.start(), *range.end());
     if start > end {
         return Err(Error::InvertedRange { start, end });
-    }
-    if start == end {
-        return Err(Error::EmptyRange { start, end });
     }
     if start == 0 {
         return Err(Error::RangeIncludesZero { start, end });
@@ -74,29 +71,44 @@ pub(crate) fn resolve(
     Ok(range)
 }
 
-fn overlaps(range: &Range<u16>, ephemeral: &RangeInclusive<u16>) -> bool {
-    range.start <= *ephemeral.end() && range.end > *ephemeral.start()
+fn overlaps(range: &RangeInclusive<u16>, ephemeral: &RangeInclusive<u16>) -> bool {
+    range.start() <= ephemeral.end() && range.end() >= ephemeral.start()
 }
 
-/// 20000..30000 when clear of the ephemeral range, otherwise the larger
-/// unprivileged gap below or above it.
-fn default_range(ephemeral: &RangeInclusive<u16>) -> Result<Range<u16>, Error> {
+/// How many ports `range` holds.
+pub(crate) fn len(range: &RangeInclusive<u16>) -> usize {
+    if range.is_empty() {
+        0
+    } else {
+        usize::from(range.end() - range.start()) + 1
+    }
+}
+
+/// 20000-29999 when clear of the ephemeral range, otherwise the larger
+/// unprivileged gap below or above it (up to and including 65535).
+fn default_range(ephemeral: &RangeInclusive<u16>) -> Result<RangeInclusive<u16>, Error> {
     if !overlaps(&PREFERRED_DEFAULT, ephemeral) {
         return Ok(PREFERRED_DEFAULT);
     }
-    let below = FIRST_UNPRIVILEGED..(*ephemeral.start()).max(FIRST_UNPRIVILEGED);
-    let above = ephemeral.end().saturating_add(1).max(FIRST_UNPRIVILEGED)..u16::MAX;
-    let best = if below.len() >= above.len() {
+    // No gap on a side: that side is empty.
+    let below = (*ephemeral.start() > FIRST_UNPRIVILEGED)
+        .then(|| FIRST_UNPRIVILEGED..=ephemeral.start() - 1);
+    let above = ephemeral
+        .end()
+        .checked_add(1)
+        .map(|first| first.max(FIRST_UNPRIVILEGED)..=u16::MAX);
+    let size = |side: &Option<RangeInclusive<u16>>| side.as_ref().map_or(0, len);
+    let best = if size(&below) >= size(&above) {
         below
     } else {
         above
     };
-    if best.is_empty() {
+    let Some(best) = best.filter(|range| !range.is_empty()) else {
         return Err(Error::NoDefaultRange {
             ephemeral_start: *ephemeral.start(),
             ephemeral_end: *ephemeral.end(),
         });
-    }
+    };
     Ok(best)
 }
 
@@ -113,9 +125,9 @@ mod tests {
 
     #[test]
     fn default_avoids_the_ephemeral_range() {
-        assert_eq!(default_range(&(32768..=60999)).ok(), Some(20000..30000));
-        assert_eq!(default_range(&(10000..=60999)).ok(), Some(1024..10000));
-        assert_eq!(default_range(&(1024..=40000)).ok(), Some(40001..65535));
+        assert_eq!(default_range(&(32768..=60999)).ok(), Some(20000..=29999));
+        assert_eq!(default_range(&(10000..=60999)).ok(), Some(1024..=9999));
+        assert_eq!(default_range(&(1024..=40000)).ok(), Some(40001..=65535));
         assert!(matches!(
             default_range(&(1..=65535)),
             Err(Error::NoDefaultRange { .. })
@@ -124,9 +136,19 @@ mod tests {
 
     #[test]
     fn overlap_is_inclusive_of_the_ephemeral_ends() {
-        assert!(overlaps(&(30000..32769), &(32768..=60999)));
-        assert!(!overlaps(&(30000..32768), &(32768..=60999)));
-        assert!(overlaps(&(60999..61000), &(32768..=60999)));
-        assert!(!overlaps(&(61000..62000), &(32768..=60999)));
+        assert!(overlaps(&(30000..=32768), &(32768..=60999)));
+        assert!(!overlaps(&(30000..=32767), &(32768..=60999)));
+        assert!(overlaps(&(60999..=61000), &(32768..=60999)));
+        assert!(!overlaps(&(61000..=62000), &(32768..=60999)));
+    }
+
+    #[test]
+    fn a_range_may_end_at_the_last_port() {
+        assert_eq!(len(&(65535..=65535)), 1);
+        assert_eq!(len(&(1024..=65535)), 64512);
+        assert_eq!(
+            resolve(Some(65000..=65535), &(32768..=60999), false).ok(),
+            Some(65000..=65535)
+        );
     }
 }

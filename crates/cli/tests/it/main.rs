@@ -20,12 +20,18 @@ pub(crate) fn state_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("isolane-cli-state")
 }
 
+/// The host-wide port claims of this binary's tests (never the host's).
+pub(crate) fn claims_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("isolane-cli-claims")
+}
+
 /// An `isolane` command run in `dir`.
 pub(crate) fn isolane(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_isolane"));
     command
         .current_dir(dir)
         .env("ISOLANE_STATE_DIR", state_dir())
+        .env("ISOLANE_PORT_CLAIMS_DIR", claims_dir())
         .env_remove("ISOLANE_FAULT")
         .env_remove("PG_ISOLATE_URL")
         .env("GIT_CONFIG_NOSYSTEM", "1")

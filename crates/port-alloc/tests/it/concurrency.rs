@@ -29,6 +29,7 @@ fn leasing_child(args: &[String]) -> TestResult {
     };
     let ports = PortAllocator::open(Options {
         state_dir: Some(PathBuf::from(state)),
+        claims_dir: Some(PathBuf::from(state).join("claims")),
         ..Options::default()
     })?;
     wait_for(&PathBuf::from(go))?;
@@ -91,6 +92,7 @@ fn sixteen_processes_lease_eight_ports_each() -> TestResult {
     // The document agrees: 16 leases, each held by a live child.
     let observer = PortAllocator::open(Options {
         state_dir: Some(state.path().to_owned()),
+        claims_dir: Some(state.path().to_owned().join("claims")),
         ..Options::default()
     })?;
     let leases = observer.list()?;

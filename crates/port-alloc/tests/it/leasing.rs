@@ -301,6 +301,7 @@ fn the_state_dir_comes_from_the_environment() -> TestResult {
         command
             .env_remove("ISOLANE_STATE_DIR")
             .env_remove("XDG_STATE_HOME")
+            .env("ISOLANE_PORT_CLAIMS_DIR", base.path().join("claims"))
             .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());

@@ -1,5 +1,6 @@
 //! Integration tests of port-alloc: real sockets, real processes.
 
+mod claims;
 mod concurrency;
 mod errors;
 mod fuzz;
@@ -24,7 +25,8 @@ use test_support::TestResult;
 pub(crate) fn allocator(state: &Path, range: Range<u16>) -> TestResult<PortAllocator> {
     Ok(PortAllocator::open(Options {
         state_dir: Some(state.to_owned()),
-        range: Some(range),
+        claims_dir: Some(state.to_owned().join("claims")),
+        range: Some(range.start..=range.end - 1),
         // The point of these tests is not the host's ephemeral range.
         allow_ephemeral_overlap: true,
         ..Options::default()
