@@ -44,6 +44,8 @@ pub(crate) enum Command {
     },
     /// Run a command in a worktree with its environment and services.
     Run(RunArgs),
+    /// Show the output of a worktree's services (written by `isolane run`).
+    Logs(LogsArgs),
     /// Remove a worktree, its database and its ports.
     Remove(RemoveArgs),
     /// Remove old test worktrees and finish interrupted operations.
@@ -110,6 +112,18 @@ pub(crate) struct RunArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true, num_args = 1..)]
     pub(crate) command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LogsArgs {
+    /// The worktree id.
+    pub(crate) id: String,
+    /// Only this service's log (default: every service's, each line
+    /// prefixed with its name).
+    pub(crate) service: Option<String>,
+    /// Keep printing what is appended, across runs, until interrupted.
+    #[arg(long, short)]
+    pub(crate) follow: bool,
 }
 
 #[derive(Debug, Args)]

@@ -22,6 +22,8 @@ pub(crate) struct Repo {
     pub(crate) root: PathBuf,
     pub(crate) config: Config,
     pub(crate) registry: registry::Store<RegistryDoc>,
+    /// `<git common dir>/isolane`: the registry and the services' logs.
+    pub(crate) state_dir: PathBuf,
     pub(crate) worktrees: worktree_core::Worktrees,
     /// `isolane-<hash of the git common dir>-`: what this repository's port
     /// lease owners and database labels start with. Ids are unique within
@@ -57,6 +59,7 @@ impl Repo {
             root,
             config,
             registry,
+            state_dir: paths.common_dir.join("isolane"),
             worktrees,
             owner_prefix: format!("isolane-{hash}-"),
         })
@@ -105,6 +108,11 @@ impl Repo {
             entry.path.display(),
             expected.display()
         )
+    }
+
+    /// The directory of worktree `id`'s service logs.
+    pub(crate) fn log_dir(&self, id: &str) -> PathBuf {
+        self.state_dir.join("logs").join(id)
     }
 
     /// The registry entry `id`, or an input error listing what exists.

@@ -18,6 +18,8 @@ mod context;
 mod envfile;
 #[cfg(test)]
 mod fuzz_tests;
+mod procs;
+mod runs;
 mod services;
 mod state;
 

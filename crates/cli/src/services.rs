@@ -1,24 +1,28 @@
 //! Services for `isolane run`: started in their own process groups with the
-//! worktree's environment, waited for until ready, and stopped by process
-//! group (TERM, then KILL after a grace period) — never by name.
+//! worktree's environment, their output written to a log file per worktree
+//! and service, waited for until ready — a port counts only when a process
+//! of the service's own group listens on it — and stopped by process group
+//! (TERM, then KILL after a grace period), never by name.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::io::{BufRead, BufReader, Read};
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 use crate::config::{Service, looks_like_port_name};
+use crate::procs::{self, Target};
 
 /// How many of a service's last output lines a failure shows.
 const TAIL_LINES: usize = 20;
+/// How much of the end of a log is read to find those lines.
+const TAIL_BYTES: u64 = 16 * 1024;
 /// How long a service gets between TERM and KILL.
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -52,89 +56,119 @@ pub(crate) enum ServiceError {
         #[source]
         source: std::io::Error,
     },
-    #[error("service {name} exited with {status} before it was ready; its last output:\n{tail}")]
+    #[error("cannot write the log of service {name} at {}", log.display())]
+    Log {
+        name: String,
+        log: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "service {name} cannot start: {port_name}={port} is already in use{}; \
+         stop it (or whatever holds the port) and run again",
+        holders_text(holders)
+    )]
+    PortTaken {
+        name: String,
+        port_name: String,
+        port: u16,
+        holders: Vec<procs::Holder>,
+    },
+    #[error(
+        "service {name}: {port_name}={port} is answered by a process outside the service{}, \
+         not by the service; its last output ({}):\n{tail}",
+        holders_text(holders),
+        log.display()
+    )]
+    Impostor {
+        name: String,
+        port_name: String,
+        port: u16,
+        holders: Vec<procs::Holder>,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error(
+        "service {name} exited with {status} before it was ready; its last output ({}):\n{tail}",
+        log.display()
+    )]
     Died {
         name: String,
         status: std::process::ExitStatus,
+        log: PathBuf,
         tail: String,
     },
     #[error("interrupted while service {name} was starting")]
     Interrupted { name: String },
     #[error(
-        "service {name} was not ready after {timeout:?} (waiting for {waiting_for}); its last output:\n{tail}"
+        "service {name} was not ready after {timeout:?} (waiting for {waiting_for}); \
+         its last output ({}):\n{tail}",
+        log.display()
     )]
     NotReady {
         name: String,
         timeout: Duration,
         waiting_for: String,
+        log: PathBuf,
         tail: String,
     },
 }
 
-/// A started service: its process group and the tail of its output.
+fn holders_text(holders: &[procs::Holder]) -> String {
+    if holders.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = holders.iter().map(ToString::to_string).collect();
+        format!(" by {}", list.join(", "))
+    }
+}
+
+/// A started service: its process group and its log.
 #[derive(Debug)]
 pub(crate) struct Running {
     name: String,
     child: Child,
-    tail: Arc<Mutex<VecDeque<String>>>,
+    log: PathBuf,
 }
 
 impl Running {
-    /// The last lines the service printed (stdout and stderr interleaved).
-    fn tail(&self) -> String {
-        let lines = self
-            .tail
-            .lock()
-            .map(|t| t.iter().cloned().collect::<Vec<_>>());
-        lines.unwrap_or_default().join("\n")
+    /// The process group id (the pid of the shell we spawned as its leader).
+    pub(crate) fn group(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("a pid fits in an i32")
     }
 
     /// Stops the whole process group: TERM, then KILL after the grace
     /// period. The group id is the pid of the child we spawned as its
     /// leader, so only processes we started are signalled.
     pub(crate) fn stop(mut self) {
-        let Ok(raw) = i32::try_from(self.child.id()) else {
-            return;
-        };
-        let group = Pid::from_raw(raw);
-        if matches!(self.child.try_wait(), Ok(None)) || group_exists(group) {
-            let _ = killpg(group, Signal::SIGTERM);
-            let deadline = Instant::now() + GRACE;
-            while Instant::now() < deadline {
-                let _ = self.child.try_wait();
-                if !group_exists(group) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if group_exists(group) {
-                tracing::warn!(service = %self.name, "service ignored TERM; sending KILL");
-                let _ = killpg(group, Signal::SIGKILL);
-            }
+        // The leader is reaped only afterwards: until then its pid, the
+        // group id, cannot be reused.
+        let stubborn = procs::terminate(&[Target::Group(self.group())], GRACE);
+        if !stubborn.is_empty() {
+            tracing::warn!(service = %self.name, "service ignored TERM; sent KILL");
         }
         let _ = self.child.wait();
         tracing::info!(service = %self.name, "service stopped");
     }
 }
 
-fn group_exists(group: Pid) -> bool {
-    killpg(group, None).is_ok()
-}
-
-/// Starts every service in order and waits for each to be ready. On any
-/// failure the services already started are stopped before returning.
+/// Starts every service in order and waits for each to be ready; each
+/// group is passed to `started` (name, leader pid) as soon as it exists. On
+/// any failure the services already started are stopped before returning.
 pub(crate) fn start_all(
     services: &[Service],
     dir: &Path,
     env: &BTreeMap<String, String>,
+    log_dir: &Path,
+    started: &mut dyn FnMut(&str, u32),
 ) -> Result<Vec<Running>, ServiceError> {
     let mut running = Vec::new();
     for service in services {
         if interrupted() {
             break;
         }
-        match start(service, dir, env) {
-            Ok(started) => running.push(started),
+        match start(service, dir, env, log_dir, started) {
+            Ok(service) => running.push(service),
             Err(error) => {
                 stop_all(running);
                 return Err(error);
@@ -151,20 +185,94 @@ pub(crate) fn stop_all(running: Vec<Running>) {
     }
 }
 
+/// The log of service `name` in `log_dir`.
+pub(crate) fn log_path(log_dir: &Path, name: &str) -> PathBuf {
+    log_dir.join(format!("{name}.log"))
+}
+
+/// Opens a fresh log for `name`, keeping the previous run's as `.log.1`.
+fn open_log(log_dir: &Path, name: &str) -> Result<(PathBuf, File), ServiceError> {
+    let log = log_path(log_dir, name);
+    let error = |source| ServiceError::Log {
+        name: name.to_owned(),
+        log: log.clone(),
+        source,
+    };
+    fs::create_dir_all(log_dir).map_err(error)?;
+    match fs::rename(&log, log_dir.join(format!("{name}.log.1"))) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(error(e)),
+    }
+    let file = File::options()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(error)?;
+    Ok((log, file))
+}
+
+/// The last lines of the log at `path` (empty if unreadable).
+pub(crate) fn tail(path: &Path) -> String {
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map_or(0, |m| m.len());
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)));
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+}
+
+/// The port a service waits for, if its `ready` names one.
+fn ready_port<'a>(service: &'a Service, env: &BTreeMap<String, String>) -> Option<(&'a str, u16)> {
+    let ready = service.ready.as_deref()?;
+    if !looks_like_port_name(ready) {
+        return None;
+    }
+    Some((ready, env.get(ready)?.parse().ok()?))
+}
+
 fn start(
     service: &Service,
     dir: &Path,
     env: &BTreeMap<String, String>,
+    log_dir: &Path,
+    started: &mut dyn FnMut(&str, u32),
 ) -> Result<Running, ServiceError> {
+    // The port must be free: whatever answers on it now would be taken for
+    // the service (an orphan of a killed run, another user's server).
+    if let Some((port_name, port)) = ready_port(service, env) {
+        let taken = match procs::listening_sockets(port) {
+            Some(sockets) => (!sockets.is_empty()).then(|| procs::holders(&sockets)),
+            None => connects(port).then(Vec::new),
+        };
+        if let Some(holders) = taken {
+            return Err(ServiceError::PortTaken {
+                name: service.name.clone(),
+                port_name: port_name.to_owned(),
+                port,
+                holders,
+            });
+        }
+    }
     tracing::info!(service = %service.name, command = %service.command, "starting service");
-    let mut child = Command::new("/bin/sh")
+    let (log, file) = open_log(log_dir, &service.name)?;
+    let stdout = file.try_clone().map_err(|source| ServiceError::Log {
+        name: service.name.clone(),
+        log: log.clone(),
+        source,
+    })?;
+    let child = Command::new("/bin/sh")
         .arg("-c")
         .arg(&service.command)
         .current_dir(dir)
         .envs(env)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(stdout)
+        .stderr(file)
         // Its own process group, led by the shell: stopping the group
         // reaches everything the command starts.
         .process_group(0)
@@ -174,17 +282,11 @@ fn start(
             command: service.command.clone(),
             source,
         })?;
-    let tail = Arc::new(Mutex::new(VecDeque::new()));
-    if let Some(stdout) = child.stdout.take() {
-        collect(stdout, Arc::clone(&tail));
-    }
-    if let Some(stderr) = child.stderr.take() {
-        collect(stderr, Arc::clone(&tail));
-    }
+    started(&service.name, child.id());
     let mut running = Running {
         name: service.name.clone(),
         child,
-        tail,
+        log,
     };
     if let Err(error) = wait_ready(service, &mut running, dir, env) {
         running.stop();
@@ -194,17 +296,41 @@ fn start(
     Ok(running)
 }
 
-fn collect(stream: impl Read + Send + 'static, tail: Arc<Mutex<VecDeque<String>>>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if let Ok(mut tail) = tail.lock() {
-                if tail.len() == TAIL_LINES {
-                    tail.pop_front();
-                }
-                tail.push_back(line);
-            }
-        }
-    });
+fn connects(port: u16) -> bool {
+    TcpStream::connect_timeout(
+        &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
+}
+
+/// Whether the service listens on `port`: `Ok(true)` when a process of its
+/// group holds a listening socket there, an error when something else does.
+fn listens(
+    service: &Service,
+    running: &Running,
+    port_name: &str,
+    port: u16,
+) -> Result<bool, ServiceError> {
+    let Some(sockets) = procs::listening_sockets(port) else {
+        // No socket tables to read (not Linux): the port answering is all
+        // there is to go by.
+        return Ok(connects(port));
+    };
+    if sockets.is_empty() {
+        return Ok(false);
+    }
+    if procs::group_holds(running.group(), &sockets) {
+        return Ok(true);
+    }
+    Err(ServiceError::Impostor {
+        name: service.name.clone(),
+        port_name: port_name.to_owned(),
+        port,
+        holders: procs::holders(&sockets),
+        log: running.log.clone(),
+        tail: tail(&running.log),
+    })
 }
 
 fn wait_ready(
@@ -217,13 +343,9 @@ fn wait_ready(
         return Ok(());
     };
     let deadline = Instant::now() + service.timeout;
-    let port = if looks_like_port_name(ready) {
-        env.get(ready).and_then(|p| p.parse::<u16>().ok())
-    } else {
-        None
-    };
+    let port = ready_port(service, env);
     let waiting_for = match port {
-        Some(port) => format!("{ready}={port} to accept connections"),
+        Some((_, port)) => format!("{ready}={port} to accept connections"),
         None => format!("`{ready}` to succeed"),
     };
     loop {
@@ -233,20 +355,15 @@ fn wait_ready(
             });
         }
         if let Ok(Some(status)) = running.child.try_wait() {
-            // Give the output threads a moment to collect the last lines.
-            std::thread::sleep(Duration::from_millis(50));
             return Err(ServiceError::Died {
                 name: service.name.clone(),
                 status,
-                tail: running.tail(),
+                log: running.log.clone(),
+                tail: tail(&running.log),
             });
         }
         let is_ready = match port {
-            Some(port) => TcpStream::connect_timeout(
-                &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-                Duration::from_millis(200),
-            )
-            .is_ok(),
+            Some((port_name, port)) => listens(service, running, port_name, port)?,
             None => Command::new("/bin/sh")
                 .arg("-c")
                 .arg(ready)
@@ -266,7 +383,8 @@ fn wait_ready(
                 name: service.name.clone(),
                 timeout: service.timeout,
                 waiting_for,
-                tail: running.tail(),
+                log: running.log.clone(),
+                tail: tail(&running.log),
             });
         }
         std::thread::sleep(Duration::from_millis(50));

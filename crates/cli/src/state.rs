@@ -125,6 +125,33 @@ pub(crate) struct Entry {
     /// The process that recorded the current phase (to tell a running
     /// create from a crashed one).
     pub(crate) actor: registry::ProcessIdentity,
+    /// The `isolane run` at work in this worktree, if any (or one that was
+    /// killed: then what it started is stopped by the next command).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) run: Option<RunRecord>,
+}
+
+/// An `isolane run` and the process groups it started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RunRecord {
+    /// The `isolane run` process.
+    pub(crate) runner: registry::ProcessIdentity,
+    /// Every process the run starts gets `ISOLANE_RUN_TOKEN=<token>` in its
+    /// environment, which its descendants inherit: how a process that left
+    /// the recorded groups, or one started just before it could be
+    /// recorded, is still known as the run's.
+    pub(crate) token: String,
+    /// The groups started, each led by the process spawned for it.
+    pub(crate) groups: Vec<RunGroup>,
+}
+
+/// One process group of a run: a service's or the command's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RunGroup {
+    /// The service's name, or `command`.
+    pub(crate) name: String,
+    /// The group's leader; its pid is the group id.
+    pub(crate) leader: registry::ProcessIdentity,
 }
 
 impl Entry {
@@ -138,6 +165,11 @@ impl Entry {
     /// gone (crashed), as opposed to one still at work.
     pub(crate) fn is_abandoned(&self) -> bool {
         self.phase != Phase::Ready && !self.actor.is_alive()
+    }
+
+    /// Whether an `isolane run` is at work in this worktree now.
+    pub(crate) fn is_running(&self) -> bool {
+        self.run.as_ref().is_some_and(|run| run.runner.is_alive())
     }
 }
 

@@ -40,6 +40,11 @@ impl ProcessIdentity {
         if !Self::pid_exists(self.pid) {
             return false;
         }
+        // A zombie has exited: only its parent has not collected it yet
+        // (or nobody will, under an init that does not reap).
+        if state_of(self.pid).is_some_and(|state| matches!(state, 'Z' | 'X')) {
+            return false;
+        }
         match (self.start_time, start_time_of(self.pid)) {
             (0, _) | (_, None) => true,
             (recorded, Some(now)) => recorded == now,
@@ -61,6 +66,17 @@ impl ProcessIdentity {
             Err(_) => false,
         }
     }
+}
+
+/// Reads field 3 (`state`) of `/proc/<pid>/stat`: `R`, `S`, ..., `Z` for a
+/// zombie.
+fn state_of(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
 }
 
 /// Reads field 22 (`starttime`) of `/proc/<pid>/stat`.
@@ -104,6 +120,21 @@ mod tests {
         child.wait()?;
         assert!(!identity.is_alive());
         assert!(!ProcessIdentity::pid_exists(0));
+        Ok(())
+    }
+
+    #[test]
+    fn a_zombie_is_dead() -> Result<(), Box<dyn std::error::Error>> {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn()?;
+        let identity = ProcessIdentity::of_pid(child.id()).expect("the child was just spawned");
+        child.kill()?;
+        // Exited but not reaped yet: a zombie, whose pid still exists.
+        while state_of(identity.pid) != Some('Z') {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(ProcessIdentity::pid_exists(identity.pid));
+        assert!(!identity.is_alive());
+        child.wait()?;
         Ok(())
     }
 }

@@ -50,6 +50,9 @@ pub(super) fn run(args: &CreateArgs) -> Result<ExitCode> {
         return Err(InputError(problem).into());
     }
     let want_database = repo.config.database.enabled && !args.no_db;
+    // Opened before the intent: a state dir that cannot serve (another
+    // user's, say) is an error now, not an interrupted entry.
+    let ports = repo.ports()?;
 
     // The intent comes first: from here on a crash leaves an entry in
     // `creating` that gc / doctor roll back.
@@ -81,13 +84,14 @@ pub(super) fn run(args: &CreateArgs) -> Result<ExitCode> {
                 database: None,
                 phase: Phase::Creating,
                 actor: registry::ProcessIdentity::current(),
+                run: None,
             },
         );
         Ok(())
     })?;
     registry::fault_point("create.after_intent");
 
-    match build(&repo, args, &id, &port_names, want_database) {
+    match build(&repo, &ports, args, &id, &port_names, want_database) {
         Ok(created) => {
             let entry = repo.entry(&id)?;
             let summary = Summary {
@@ -130,6 +134,7 @@ struct Created {
 
 fn build(
     repo: &Repo,
+    ports: &port_alloc::PortAllocator,
     args: &CreateArgs,
     id: &str,
     port_names: &[String],
@@ -151,9 +156,7 @@ fn build(
     registry::fault_point("create.after_worktree");
 
     let names: Vec<&str> = port_names.iter().map(String::as_str).collect();
-    let lease = repo
-        .ports()?
-        .lease(&repo.owner(id), &names, port_alloc::Holder::Manual)?;
+    let lease = ports.lease(&repo.owner(id), &names, port_alloc::Holder::Manual)?;
     record(repo, id, |entry| entry.ports = lease.ports.clone())?;
     registry::fault_point("create.after_ports");
 

@@ -46,6 +46,19 @@ pub(super) fn run(fix: bool, json: bool) -> Result<ExitCode> {
             fixed: kept.is_some(),
         });
     }
+    // What a killed `isolane run` left running is stopped by any command,
+    // this one included; it is reported as found and repaired.
+    for stopped in crate::runs::stop_leftovers(&repo)? {
+        findings.push(Finding {
+            kind: "killed-run",
+            subject: stopped.id,
+            detail: format!(
+                "an `isolane run` was killed; {} process(es) it left running were stopped",
+                stopped.processes
+            ),
+            fixed: true,
+        });
+    }
     let doc = repo.registry.read()?;
     let tear = |entry, how| teardown(&repo, entry, how).map(drop);
 

@@ -37,6 +37,9 @@ struct Skipped {
 
 pub(super) fn run(args: &GcArgs) -> Result<ExitCode> {
     let repo = Repo::discover()?;
+    // Before anything is judged idle: a killed run's services must not
+    // outlive the worktree gc may remove under them.
+    crate::runs::stop_leftovers(&repo)?;
     let max_age = args.max_age.unwrap_or(repo.config.gc.max_age).as_secs();
     let prefix = args
         .purpose_prefix

@@ -92,7 +92,7 @@ fn status(entry: &Entry, info: Option<&worktree_core::WorktreeInfo>, now: u64) -
         Phase::Creating => "creating",
         Phase::Removing => "removing",
         Phase::Ready if !entry.path.is_dir() => "missing-directory",
-        Phase::Ready if locked.is_some() => "in-use",
+        Phase::Ready if locked.is_some() || entry.is_running() => "in-use",
         Phase::Ready if !dirty_files.is_empty() => "dirty",
         Phase::Ready => "ready",
     };
@@ -112,6 +112,7 @@ fn status(entry: &Entry, info: Option<&worktree_core::WorktreeInfo>, now: u64) -
 
 pub(super) fn list(json: bool) -> Result<ExitCode> {
     let repo = Repo::discover()?;
+    crate::runs::stop_leftovers(&repo)?;
     let statuses = statuses(&repo)?;
     if json {
         print_json(&statuses)?;
@@ -162,6 +163,7 @@ pub(super) fn list(json: bool) -> Result<ExitCode> {
 
 pub(super) fn show(id: &str, json: bool) -> Result<ExitCode> {
     let repo = Repo::discover()?;
+    crate::runs::stop_leftovers(&repo)?;
     repo.entry(id)?;
     let status = statuses(&repo)?
         .into_iter()

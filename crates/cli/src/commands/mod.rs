@@ -13,6 +13,7 @@ mod doctor;
 mod gc;
 mod info;
 mod init;
+mod logs;
 mod ports;
 mod remove;
 mod run;
@@ -29,6 +30,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::Show { id, json } => info::show(&id, json),
         Command::Env { id, format } => info::env(&id, format),
         Command::Run(args) => run::run(&args),
+        Command::Logs(args) => logs::run(&args),
         Command::Remove(args) => remove::run(&args),
         Command::Gc(args) => gc::run(&args),
         Command::Ports { command, json } => ports::run(command, json),

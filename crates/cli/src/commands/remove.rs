@@ -61,6 +61,7 @@ pub(crate) struct TornDown {
 
 pub(super) fn run(args: &RemoveArgs) -> Result<ExitCode> {
     let repo = Repo::discover()?;
+    crate::runs::stop_leftovers(&repo)?;
     let entry = repo.entry(&args.id)?;
     let done = teardown(
         &repo,
@@ -183,11 +184,23 @@ pub(crate) fn teardown(repo: &Repo, entry: &Entry, how: Teardown) -> Result<Torn
     done.ports_released = repo.ports()?.release_owner(&repo.owner(id))?;
     registry::fault_point("remove.after_ports");
 
+    remove_logs(repo, id);
     repo.registry.update(|doc| {
         doc.entries.remove(id);
         Ok::<_, registry::Error>(())
     })?;
     Ok(done)
+}
+
+/// Deletes the services' logs of worktree `id` (best effort: they are ours,
+/// under the git dir, and nothing depends on them).
+fn remove_logs(repo: &Repo, id: &str) {
+    let dir = repo.log_dir(id);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => tracing::warn!(dir = %dir.display(), %error, "cannot delete service logs"),
+    }
 }
 
 /// Whether `entry`, read from a registry snapshot, is still what the

@@ -4,9 +4,11 @@
 mod bad_input;
 mod concurrency;
 mod crashes;
+mod processes;
 mod safety;
 mod soak;
 mod storage;
+mod users;
 mod workflow;
 
 use std::path::{Path, PathBuf};
