@@ -92,6 +92,24 @@ pub(crate) fn end(repo: &Repo, id: &str) -> Result<()> {
     })
 }
 
+/// Stops the processes of this run that are still running after its groups
+/// were stopped: those that left their group (a daemon's `setsid`) but
+/// still carry the run's token. Returns how many there were.
+pub(crate) fn stop_strays(token: &str) -> usize {
+    if token.is_empty() {
+        return 0;
+    }
+    let strays: Vec<Target> = procs::carrying(TOKEN_VAR, token)
+        .into_iter()
+        .map(Target::Process)
+        .collect();
+    if !strays.is_empty() {
+        tracing::info!(?strays, "stopping processes that left the run's groups");
+        procs::terminate(&strays, GRACE);
+    }
+    strays.len()
+}
+
 /// What was stopped for one killed run.
 #[derive(Debug)]
 pub(crate) struct Stopped {

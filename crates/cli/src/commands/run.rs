@@ -156,6 +156,13 @@ fn run_locked(
     };
     let had_services = !running.is_empty();
     services::stop_all(running);
+    let token = env.get(runs::TOKEN_VAR).map_or("", String::as_str);
+    let strays = runs::stop_strays(token);
+    if strays > 0 {
+        progress(format_args!(
+            "stopped {strays} process(es) this run started that had left their process group"
+        ));
+    }
     let status = status??;
     if !status.success() && had_services {
         progress(format_args!("service logs: {}", log_dir.display()));

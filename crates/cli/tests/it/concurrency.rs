@@ -119,9 +119,9 @@ fn an_interrupted_run_stops_its_services_and_unlocks_the_worktree() -> TestResul
             !listening(api_port),
             "{signal}: the service outlived the run"
         );
-        let grandchild: i32 = std::fs::read_to_string(&grandchild_file)?.trim().parse()?;
+        let grandchild: u32 = std::fs::read_to_string(&grandchild_file)?.trim().parse()?;
         assert!(
-            kill(Pid::from_raw(grandchild), None).is_err(),
+            !crate::alive(grandchild),
             "{signal}: the service's grandchild {grandchild} outlived the run"
         );
         let shown = json(root, &["show", "test-sigint-a"])?;

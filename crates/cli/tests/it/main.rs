@@ -81,6 +81,12 @@ pub(crate) fn listening(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
 
+/// Whether process `pid` runs. A zombie does not: it has exited, and this
+/// machine's init reaps orphans only now and then.
+pub(crate) fn alive(pid: u32) -> bool {
+    registry::ProcessIdentity::of_pid(pid).is_some_and(|identity| identity.is_alive())
+}
+
 /// Our databases on the embedded server, by name.
 pub(crate) fn database_names(dir: &Path) -> TestResult<Vec<String>> {
     let rows = json(dir, &["db", "list"])?;

@@ -41,13 +41,9 @@ fn config(service_command: &str) -> String {
     )
 }
 
-/// Whether process `pid` runs (a zombie does not: orphans are not always
-/// reaped, as under an init that never collects them).
+/// Whether process `pid` runs.
 fn alive(pid: i32) -> bool {
-    u32::try_from(pid)
-        .ok()
-        .and_then(registry::ProcessIdentity::of_pid)
-        .is_some_and(|identity| identity.is_alive())
+    u32::try_from(pid).is_ok_and(crate::alive)
 }
 
 fn read_pid(path: &Path) -> TestResult<i32> {
@@ -167,6 +163,21 @@ fn what_a_killed_run_left_is_stopped_by_the_next_command() -> TestResult {
     assert!(log.contains("app warns on stderr"), "{log}");
     // With one service, all the logs are that one, unprefixed.
     assert_eq!(ok(root, &["logs", "test-kill-run"])?, log);
+    // --follow prints what is there, then keeps going until interrupted.
+    let mut follow = KillOnDrop(
+        isolane(root)
+            .args(["logs", "test-kill-run", "app", "--follow"])
+            .stdout(Stdio::piped())
+            .spawn()?,
+    );
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(follow.0.stdout.take().ok_or("no stdout")?),
+        &mut first,
+    )?;
+    assert_eq!(first.trim_end(), "app says hello");
+    assert!(follow.0.try_wait()?.is_none(), "--follow ended by itself");
+    drop(follow);
     let unknown = output(root, &["logs", "test-kill-run", "nope"])?;
     assert_eq!(unknown.status.code(), Some(2));
 

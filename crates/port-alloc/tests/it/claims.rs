@@ -121,6 +121,21 @@ fn reclaim_removes_claims_no_lease_holds() -> TestResult {
 }
 
 #[test]
+fn the_last_port_can_be_leased() -> TestResult {
+    let base = tempfile::tempdir()?;
+    let ports = PortAllocator::open(Options {
+        state_dir: Some(base.path().join("state")),
+        claims_dir: Some(base.path().join("claims")),
+        range: Some(65534..=65535),
+        allow_ephemeral_overlap: true,
+        ..Options::default()
+    })?;
+    let lease = ports.lease("top", &["A", "B"], Holder::Manual)?;
+    assert_eq!(ports_of_lease(&lease), BTreeSet::from([65534, 65535]));
+    Ok(())
+}
+
+#[test]
 fn a_state_dir_of_another_user_is_refused_at_once() -> TestResult {
     let base = tempfile::tempdir()?;
     let state = base.path().join("state");
