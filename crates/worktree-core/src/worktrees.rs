@@ -308,6 +308,14 @@ impl Worktrees {
         self.main_root.as_deref()
     }
 
+    /// The full id of the commit `revision` names (a branch, tag, commit id
+    /// or any expression `git rev-parse` takes), read in the main
+    /// repository; [`Error::BaseNotFound`] when it names none.
+    pub fn resolve_commit(&self, revision: &str) -> Result<String> {
+        let repo = self.repo()?;
+        resolve_revision(&repo, revision).map(|commit| commit.to_string())
+    }
+
     /// The path a worktree with this id has.
     pub fn path_of(&self, id: &str) -> PathBuf {
         self.worktrees_dir.join(id)
@@ -496,16 +504,7 @@ impl Worktrees {
         request: &CreateRequest,
         admins: &[Admin],
     ) -> Result<Target> {
-        let base_commit = || {
-            let base = request.base.as_deref().unwrap_or("HEAD");
-            repo.revparse_single(base)
-                .and_then(|object| object.peel_to_commit())
-                .map(|commit| commit.id())
-                .map_err(|source| Error::BaseNotFound {
-                    base: base.to_owned(),
-                    source,
-                })
-        };
+        let base_commit = || resolve_revision(repo, request.base.as_deref().unwrap_or("HEAD"));
         if request.detach {
             return Ok(Target {
                 commit: base_commit()?,
@@ -1537,4 +1536,15 @@ fn delete_local_branch(repo: &Repository, found: git2::Branch<'_>, branch: &str)
         }
     }
     Ok(())
+}
+
+/// The commit `revision` names in `repo`.
+fn resolve_revision(repo: &Repository, revision: &str) -> Result<Oid> {
+    repo.revparse_single(revision)
+        .and_then(|object| object.peel_to_commit())
+        .map(|commit| commit.id())
+        .map_err(|source| Error::BaseNotFound {
+            base: revision.to_owned(),
+            source,
+        })
 }
