@@ -18,6 +18,7 @@ mod context;
 mod envfile;
 #[cfg(test)]
 mod fuzz_tests;
+mod lifecycle;
 mod services;
 mod state;
 

@@ -1,19 +1,22 @@
-//! Services for `isolane run`: started in their own process groups with the
-//! worktree's environment, waited for until ready, and stopped by process
-//! group (TERM, then KILL after a grace period) — never by name.
+//! Services for `isolane run` and `compare`: started in their own process
+//! groups with the worktree's environment, waited for until ready, and
+//! stopped by process group (TERM, then KILL after a grace period) — never
+//! by name. Also the stop signals (Ctrl-C, TERM, HUP) both commands handle.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, IsTerminal, Read};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 use crate::config::{Service, looks_like_port_name};
 
@@ -21,6 +24,9 @@ use crate::config::{Service, looks_like_port_name};
 const TAIL_LINES: usize = 20;
 /// How long a service gets between TERM and KILL.
 const GRACE: Duration = Duration::from_secs(5);
+
+/// Signals that make isolane stop CMD and its services and clean up.
+const STOP_SIGNALS: [i32; 3] = [SIGINT, SIGTERM, SIGHUP];
 
 /// The signal that asked isolane to stop (SIGINT, SIGTERM, SIGHUP), or 0.
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
@@ -39,6 +45,57 @@ pub(crate) fn interrupted_by() -> Option<Signal> {
 /// Whether the run was interrupted.
 pub(crate) fn interrupted() -> bool {
     interrupted_by().is_some()
+}
+
+/// Receives the blocked stop signals: marks the run interrupted and passes
+/// the signal on to CMD. A Ctrl-C from the terminal reaches CMD directly
+/// (it shares our process group), so SIGINT is only passed on when there is
+/// no terminal, i.e. when someone sent it to isolane alone.
+pub(crate) fn spawn_signal_waiter(child_pid: Arc<AtomicI32>) -> std::io::Result<()> {
+    let mut signals = Signals::new(STOP_SIGNALS)?;
+    let from_terminal = std::io::stdin().is_terminal();
+    std::thread::spawn(move || {
+        for raw in signals.forever() {
+            let Ok(signal) = Signal::try_from(raw) else {
+                continue;
+            };
+            interrupt(signal);
+            let pid = child_pid.load(Ordering::SeqCst);
+            if pid > 0 && !(signal == Signal::SIGINT && from_terminal) {
+                let _ = kill(Pid::from_raw(pid), signal);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Runs `command` to its end as the command of a run: its pid is
+/// published in `child_pid` for the signal waiter, and a stop signal that
+/// came while it was being started is passed on as soon as it has a pid.
+pub(crate) fn run_foreground(
+    command: &mut Command,
+    child_pid: &AtomicI32,
+) -> std::io::Result<ExitStatus> {
+    let mut child = command.spawn()?;
+    let pid = i32::try_from(child.id()).unwrap_or(0);
+    child_pid.store(pid, Ordering::SeqCst);
+    // Both sides use SeqCst, so at least one of them sees the other.
+    if let Some(signal) = interrupted_by() {
+        let _ = kill(Pid::from_raw(pid), signal);
+    }
+    let status = child.wait();
+    child_pid.store(0, Ordering::SeqCst);
+    status
+}
+
+/// The exit code that passes `status` on: the command's own, or 128 plus
+/// the signal that killed it.
+pub(crate) fn exit_code(status: ExitStatus) -> ExitCode {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        (None, Some(signal)) => ExitCode::from(u8::try_from(128 + signal).unwrap_or(1)),
+        (None, None) => ExitCode::FAILURE,
+    }
 }
 
 /// Why a service could not be brought up.
