@@ -21,6 +21,7 @@ mod fuzz_tests;
 mod lifecycle;
 mod services;
 mod state;
+mod stats;
 
 use std::process::ExitCode;
 

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::cli::{Cli, Command};
 
+mod compare;
 mod create;
 mod db;
 mod doctor;
@@ -30,6 +31,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::Env { id, format } => info::env(&id, format),
         Command::Run(args) => run::run(&args),
         Command::Remove(args) => remove::run(&args),
+        Command::Compare(args) => compare::run(&args),
         Command::Gc(args) => gc::run(&args),
         Command::Ports { command, json } => ports::run(command, json),
         Command::Db { command } => db::run(command),
