@@ -48,6 +48,16 @@ pub(crate) enum Command {
     Remove(RemoveArgs),
     /// Time a command at two revisions, in rounds of ABBA order, and tell
     /// whether HEAD is faster, slower or no different from BASE.
+    ///
+    /// Each side runs in its own worktree (made at the revision and removed
+    /// afterwards, or an existing one named by id) with its own ports, a
+    /// database from the same template (reset before every run) and its
+    /// services. Figures: CMD's wall time, and any that CMD writes to the
+    /// file $ISOLANE_COMPARE_OUTPUT names, as {"name": seconds, ...} or
+    /// pytest-benchmark's JSON (--benchmark-json=$ISOLANE_COMPARE_OUTPUT).
+    /// Per figure: the medians, the ratio HEAD/BASE with a 95% bootstrap
+    /// interval, and a verdict. Exit 1 when a figure is slower beyond the
+    /// threshold; CMD's own exit code when it fails on either side.
     Compare(CompareArgs),
     /// Remove old test worktrees and finish interrupted operations.
     Gc(GcArgs),
@@ -115,12 +125,7 @@ pub(crate) struct RunArgs {
     pub(crate) command: Vec<String>,
 }
 
-/// `isolane compare`. CMD runs in a worktree per side (made at the
-/// revision, or an existing one named by id) with the side's ports,
-/// database and services, and ISOLANE_COMPARE_OUTPUT naming a file it may
-/// write figures to: `{"name": seconds, ...}` or pytest-benchmark's JSON.
-/// Exit 1 when a figure is slower beyond the threshold; CMD's own exit code
-/// when it fails on either side.
+/// `isolane compare` (see `Command::Compare`).
 #[derive(Debug, Args)]
 pub(crate) struct CompareArgs {
     /// The baseline: a revision, or the id of an existing worktree.

@@ -42,7 +42,7 @@ const WALL: &str = "wall";
 /// any that a killed comparison left.
 const PURPOSE: &str = "test-compare";
 /// How the report names its method.
-const METHOD: &str = "ratio of medians HEAD/BASE; 95% percentile bootstrap interval \
+const METHOD: &str = "ratio of the medians, 95% percentile-bootstrap interval \
                       (10000 resamples of each side, fixed seed)";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -656,12 +656,12 @@ fn print_report(report: &Report<'_>) {
         }
     }
     println!(
-        "{} timed rounds after {} warm-up, ABBA order; {}; threshold {}%",
+        "{} timed rounds after {} warm-up, in ABBA order; threshold {}",
         report.runs,
         report.warmup,
-        METHOD,
-        report.threshold * 100.0
+        percent(report.threshold)
     );
+    println!("HEAD/BASE: {METHOD}");
     println!();
     let rows: Vec<[String; 6]> = report
         .figures
@@ -718,12 +718,18 @@ fn print_report(report: &Report<'_>) {
         line([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
     }
     println!();
-    let threshold = report.threshold * 100.0;
+    let threshold = percent(report.threshold);
     if report.slower.is_empty() {
-        println!("no figure slower beyond {threshold}%");
+        println!("no figure slower beyond {threshold}");
     } else {
-        println!("slower beyond {threshold}%: {}", report.slower.join(", "));
+        println!("slower beyond {threshold}: {}", report.slower.join(", "));
     }
+}
+
+/// A fraction as a percentage: `5%`, `2.5%`.
+fn percent(fraction: f64) -> String {
+    let rounded = (fraction * 100_000.0).round() / 1000.0;
+    format!("{rounded}%")
 }
 
 /// A commit id's first 10 hex digits.
@@ -801,6 +807,14 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    #[test]
+    fn percentages_are_readable() {
+        assert_eq!(percent(0.05), "5%");
+        assert_eq!(percent(0.07), "7%");
+        assert_eq!(percent(0.025), "2.5%");
+        assert_eq!(percent(0.0), "0%");
     }
 
     #[test]
