@@ -166,21 +166,7 @@ fn build(
 
     let entry = repo.entry(id)?;
     let config = &repo.config;
-    envfile::write_files(
-        &entry.path,
-        &config.env_file,
-        &config.metadata_file,
-        &entry,
-        database_url.as_deref(),
-    )
-    .with_context(|| {
-        format!(
-            "cannot write {} and {} in {}",
-            config.env_file,
-            config.metadata_file,
-            entry.path.display()
-        )
-    })?;
+    write_files(repo, &entry, database_url.as_deref())?;
     repo.worktrees.exclude(&format!("/{}", config.env_file))?;
     repo.worktrees
         .exclude(&format!("/{}", config.metadata_file))?;
@@ -228,23 +214,29 @@ pub(crate) fn open_ready(repo: &Repo, id: &str) -> Result<(Entry, BTreeMap<Strin
     let env = repo.environment(&entry)?;
     // The database URL can change (a restarted server): refresh the files
     // test code reads before it runs.
-    let database_url = env.get("DATABASE_URL").map(String::as_str);
+    write_files(repo, &entry, env.get("DATABASE_URL").map(String::as_str))?;
+    Ok((entry, env))
+}
+
+/// Writes the files test code reads (`.env.test`, `.worktree-metadata.json`)
+/// into `entry`'s worktree.
+fn write_files(repo: &Repo, entry: &Entry, database_url: Option<&str>) -> Result<()> {
     let config = &repo.config;
     envfile::write_files(
         &entry.path,
         &config.env_file,
         &config.metadata_file,
-        &entry,
+        entry,
         database_url,
     )
     .with_context(|| {
         format!(
-            "cannot refresh {} in {}",
+            "cannot write {} and {} in {}",
             config.env_file,
+            config.metadata_file,
             entry.path.display()
         )
-    })?;
-    Ok((entry, env))
+    })
 }
 
 /// Changes entry `id` in the registry.

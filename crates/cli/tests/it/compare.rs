@@ -28,15 +28,19 @@ fn fixture(config: &str) -> TestResult<GitRepo> {
     let repo = repo_with_config(config)?;
     repo.write("bench.sh", script("0.1", "0.1"))?;
     repo.commit_all("a benchmark")?;
-    repo.git(["checkout", "--quiet", "-b", "slow"])?;
-    repo.write("bench.sh", script("0.1; sleep 0.2", "0.3"))?;
-    repo.commit_all("a deliberate slowdown")?;
-    repo.git(["checkout", "--quiet", "main"])?;
-    repo.git(["checkout", "--quiet", "-b", "same"])?;
-    repo.write("README.md", "# fixture, reworded\n")?;
-    repo.commit_all("no change to the benchmark")?;
-    repo.git(["checkout", "--quiet", "main"])?;
+    branch(&repo, "slow", "bench.sh", &script("0.1; sleep 0.2", "0.3"))?;
+    branch(&repo, "same", "README.md", "# fixture, reworded\n")?;
     Ok(repo)
+}
+
+/// Commits `contents` to `file` on a new branch off `main`, and goes back
+/// to `main`.
+fn branch(repo: &GitRepo, name: &str, file: &str, contents: &str) -> TestResult {
+    repo.git(["checkout", "--quiet", "-b", name, "main"])?;
+    repo.write(file, contents)?;
+    repo.commit_all(&format!("{file} on {name}"))?;
+    repo.git(["checkout", "--quiet", "main"])?;
+    Ok(())
 }
 
 /// Runs `isolane compare ... --json`: the exit code and the report.
@@ -161,13 +165,12 @@ fn identical_sides_show_no_difference() -> TestResult {
 #[test]
 fn a_failing_command_stops_with_its_output_and_code() -> TestResult {
     let repo = fixture(NO_DB)?;
-    repo.git(["checkout", "--quiet", "-b", "broken"])?;
-    repo.write(
+    branch(
+        &repo,
+        "broken",
         "bench.sh",
         "#!/bin/sh\necho out of order\necho no such table >&2\nexit 3\n",
     )?;
-    repo.commit_all("a broken benchmark")?;
-    repo.git(["checkout", "--quiet", "main"])?;
     let out = output(
         repo.path(),
         &["compare", "main", "broken", "--", "sh", "bench.sh"],
