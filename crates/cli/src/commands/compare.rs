@@ -393,7 +393,18 @@ fn run_once(repo: &Repo, args: &CompareArgs, side: &Side, child_pid: &AtomicI32)
     let running = if args.no_services || repo.config.services.is_empty() {
         Vec::new()
     } else {
-        services::start_all(&repo.config.services, dir, &side.env)?
+        match services::start_all(&repo.config.services, dir, &side.env) {
+            Ok(running) => running,
+            // A stop signal while a service was starting is a stop, not a
+            // failure of the service.
+            Err(error) => {
+                return match services::interrupted_by() {
+                    Some(signal) => Ok(Run::Interrupted(signal)),
+                    None => Err(anyhow::Error::from(error)
+                        .context(format!("on the {} side", side.which.name()))),
+                };
+            }
+        }
     };
     if let Some(signal) = services::interrupted_by() {
         services::stop_all(running);
