@@ -157,15 +157,20 @@ pub(super) fn run(args: &CompareArgs) -> Result<ExitCode> {
     let code = match outcome {
         Ok(Outcome::Measured(samples)) => {
             let report = report(args, &sides, &samples);
-            if args.json {
-                print_json(&report)?;
+            // No `?` before `finish`: the worktrees made here go whatever
+            // happens to stdout.
+            let printed = if args.json {
+                print_json(&report)
             } else {
                 print_report(&report);
-            }
-            Ok(if report.slower.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
+                Ok(())
+            };
+            printed.map(|()| {
+                if report.slower.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
             })
         }
         Ok(Outcome::Failed {
