@@ -143,6 +143,34 @@ fn default_branch_is_named_after_the_worktree() -> TestResult {
 }
 
 #[test]
+fn revisions_resolve_to_the_commits_git_names() -> TestResult {
+    let repo = GitRepo::new()?;
+    let first = repo.commit_all("first")?;
+    repo.git(["tag", "-a", "-m", "release", "v1"])?;
+    let second = repo.commit_all("second")?;
+    let worktrees = open(&repo)?;
+    for (revision, commit) in [
+        ("main", &second),
+        ("HEAD", &second),
+        ("HEAD~1", &first),
+        ("v1", &first),
+        (first.as_str(), &first),
+        (&first[..7], &first),
+    ] {
+        assert_eq!(&worktrees.resolve_commit(revision)?, commit, "{revision}");
+        let git = repo.git(["rev-parse", "--verify", &format!("{revision}^{{commit}}")])?;
+        assert_eq!(git.trim(), commit, "{revision}");
+    }
+    for bad in ["no-such-rev", "HEAD~99", "main:README.md", ""] {
+        match worktrees.resolve_commit(bad) {
+            Err(error @ Error::BaseNotFound { .. }) => assert!(error.is_invalid_input()),
+            other => return Err(format!("{bad:?}: expected BaseNotFound, got {other:?}").into()),
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn unknown_base_is_a_clear_error_and_leaves_nothing() -> TestResult {
     let repo = GitRepo::new()?;
     let worktrees = open(&repo)?;
