@@ -5,7 +5,8 @@
 //! interval comes from a percentile bootstrap: each side is resampled with
 //! replacement on its own, the ratio of the two resampled medians is taken
 //! [`RESAMPLES`] times, and the 2.5% and 97.5% quantiles of those ratios
-//! bound the interval. The medians make one stalled run (a page fault storm,
+//! bound the interval (none with fewer than 4 runs a side, see
+//! [`enough_for_an_interval`]). The medians make one stalled run (a page fault storm,
 //! another job on the machine) move nothing; the bootstrap needs no
 //! assumption about the shape of the distribution of times, which is
 //! skewed and often has more than one mode. The resampling is driven by a
@@ -48,8 +49,8 @@ pub(crate) struct Comparison {
     pub(crate) head_median: f64,
     /// HEAD median / BASE median; `None` when the BASE median is 0.
     pub(crate) ratio: Option<f64>,
-    /// The 95% interval of the ratio; `None` with fewer than two samples on
-    /// a side (a single run has no spread to go by) or a BASE median of 0.
+    /// The 95% interval of the ratio; `None` with too few samples for one
+    /// ([`enough_for_an_interval`]) or a BASE median of 0.
     pub(crate) interval: Option<(f64, f64)>,
     pub(crate) verdict: Verdict,
 }
@@ -101,17 +102,38 @@ fn median_of_sorted(sorted: &[f64]) -> Option<f64> {
     })
 }
 
+/// Whether samples of `n` and `m` can support a 95% interval at all: only
+/// when even two samples that do not overlap would be unlikely by chance,
+/// at most 5% (two-sided) by an exact rank test, i.e. when there are at
+/// least 40 ways to choose `n` of the `n + m` ranks. With 3 runs a side,
+/// two identical commands give non-overlapping samples one time in ten, and
+/// the bootstrap would call that a difference; from 4 runs a side (1 in 35)
+/// it can be trusted.
+pub(crate) fn enough_for_an_interval(n: usize, m: usize) -> bool {
+    // C(n + m, n), built up as C(m + k, k) for k = 1..=n; exact at every
+    // step, and stopped as soon as it reaches 40.
+    let mut ways: u128 = 1;
+    for k in 1..=n {
+        ways = ways * (m + k) as u128 / k as u128;
+        if ways >= 40 {
+            return true;
+        }
+    }
+    false
+}
+
 /// The percentile-bootstrap 95% interval of median(head) / median(base):
 /// `resamples` ratios of the medians of the two sides each resampled with
-/// replacement, cut at their 2.5% and 97.5% quantiles. `None` when a side
-/// has fewer than two samples, or a resampled BASE median is 0.
+/// replacement, cut at their 2.5% and 97.5% quantiles. `None` with too few
+/// samples for one ([`enough_for_an_interval`]), or when a resampled BASE
+/// median is 0.
 pub(crate) fn ratio_interval(
     base: &[f64],
     head: &[f64],
     resamples: usize,
     seed: u64,
 ) -> Option<(f64, f64)> {
-    if base.len() < 2 || head.len() < 2 || resamples == 0 {
+    if !enough_for_an_interval(base.len(), head.len()) || resamples == 0 {
         return None;
     }
     let mut rng = SplitMix64(seed);
@@ -262,8 +284,34 @@ mod tests {
     }
 
     #[test]
+    fn an_interval_needs_enough_samples() {
+        // C(n + m, n) >= 40.
+        for (n, m, enough) in [
+            (0, 9, false),
+            (1, 38, false),
+            (1, 39, true),
+            (2, 2, false),
+            (3, 3, false),
+            (3, 4, false),
+            (3, 5, true),
+            (4, 4, true),
+            (2, 8, true),
+            (10, 10, true),
+            (1000, 1000, true),
+        ] {
+            assert_eq!(enough_for_an_interval(n, m), enough, "{n} and {m}");
+            assert_eq!(enough_for_an_interval(m, n), enough, "{m} and {n}");
+        }
+    }
+
+    #[test]
     fn too_few_samples_give_no_interval() -> TestResult {
         assert_eq!(ratio_interval(&[1.0], &[2.0, 2.1], 100, 1), None);
+        // Three runs a side that do not overlap: no interval, no verdict.
+        let c = compare(&[1.0, 1.1, 1.2], &[3.0, 3.1, 3.2], 0.05).ok_or("none")?;
+        assert_eq!((c.interval, c.verdict), (None, Verdict::NoDifference));
+        let c = compare(&[1.0, 1.1, 1.2, 1.3], &[3.0, 3.1, 3.2, 3.3], 0.05).ok_or("none")?;
+        assert_eq!(c.verdict, Verdict::Slower);
         let c = compare(&[1.0], &[9.0], 0.05).ok_or("no comparison")?;
         assert_eq!(c.ratio, Some(9.0));
         assert_eq!(c.interval, None);

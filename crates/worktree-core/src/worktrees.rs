@@ -308,14 +308,6 @@ impl Worktrees {
         self.main_root.as_deref()
     }
 
-    /// The full id of the commit `revision` names (a branch, tag, commit id
-    /// or any expression `git rev-parse` takes), read in the main
-    /// repository; [`Error::BaseNotFound`] when it names none.
-    pub fn resolve_commit(&self, revision: &str) -> Result<String> {
-        let repo = self.repo()?;
-        resolve_revision(&repo, revision).map(|commit| commit.to_string())
-    }
-
     /// The path a worktree with this id has.
     pub fn path_of(&self, id: &str) -> PathBuf {
         self.worktrees_dir.join(id)
@@ -1539,7 +1531,7 @@ fn delete_local_branch(repo: &Repository, found: git2::Branch<'_>, branch: &str)
 }
 
 /// The commit `revision` names in `repo`.
-fn resolve_revision(repo: &Repository, revision: &str) -> Result<Oid> {
+pub(crate) fn resolve_revision(repo: &Repository, revision: &str) -> Result<Oid> {
     repo.revparse_single(revision)
         .and_then(|object| object.peel_to_commit())
         .map(|commit| commit.id())

@@ -205,7 +205,9 @@ fn target(repo: &Repo, spec: &str, role: &str) -> Result<Target> {
     if repo.registry.read()?.entries.contains_key(spec) {
         return Ok(Target::Worktree(spec.to_owned()));
     }
-    match repo.worktrees.resolve_commit(spec) {
+    // Read where the user stands: in a test worktree, HEAD is its own.
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    match worktree_core::resolve_commit(&cwd, spec) {
         Ok(commit) => Ok(Target::Revision(commit)),
         Err(error) if error.is_invalid_input() => {
             Err(anyhow::Error::from(error).context(InputError(format!(
@@ -732,6 +734,16 @@ fn print_report(report: &Report<'_>) {
     line(header);
     for row in &rows {
         line([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
+    }
+    if report
+        .figures
+        .iter()
+        .any(|f| f.ratio.is_some() && f.interval.is_none())
+    {
+        println!(
+            "(no interval: with fewer than 4 runs a side even samples that do not \
+             overlap can be chance)"
+        );
     }
     println!();
     let threshold = percent(report.threshold);

@@ -284,6 +284,8 @@ fn databases_services_and_existing_worktrees() -> TestResult {
     client.execute("INSERT INTO notes (body) VALUES ('mine')", &[])?;
     drop(client);
 
+    // Two runs a side give no interval, so in this test the exit code
+    // cannot depend on the timings.
     // --no-reset: the existing worktree's data is used as it is.
     let (code, report) = compare(
         repo.path(),
@@ -335,6 +337,10 @@ fn databases_services_and_existing_worktrees() -> TestResult {
     assert_eq!(code, Some(0), "{report:#}");
     assert_eq!(count_rows(&url)?, 0);
     nothing_left(&repo)?;
+    let made = report["head"]["worktree"]
+        .as_str()
+        .ok_or("no head worktree")?;
+    let made_database = format!("testdb_{}", made.replace('-', "_"));
 
     // The existing worktree is untouched otherwise: still there, ready,
     // not locked, with its database and ports; the made one's are gone.
@@ -342,12 +348,8 @@ fn databases_services_and_existing_worktrees() -> TestResult {
     assert_eq!(shown["state"], "ready", "{shown:#}");
     let databases = database_names(repo.path())?;
     assert!(databases.iter().any(|d| d == database), "{databases:?}");
-    assert!(
-        !databases
-            .iter()
-            .any(|d| d.starts_with("testdb_test_compare_")),
-        "{databases:?}"
-    );
+    // (The server is shared by every test: only this repository's names.)
+    assert!(!databases.contains(&made_database), "{databases:?}");
     // Leases are host-wide (other tests run beside this one): only this
     // repository's owners, `isolane-<repo hash>-<id>`, count.
     let owners: Vec<String> = leases(repo.path())?.into_iter().map(|(o, _)| o).collect();
@@ -409,5 +411,40 @@ fn a_stop_signal_removes_what_it_made_and_nothing_else() -> TestResult {
     let shown = json(repo.path(), &["show", "test-cmp-kept"])?;
     assert_eq!(shown["state"], "ready", "{shown:#}");
     ok(repo.path(), &["remove", "test-cmp-kept"])?;
+    Ok(())
+}
+
+#[test]
+fn revisions_are_read_where_the_user_stands() -> TestResult {
+    let repo = fixture(NO_DB)?;
+    let created = json(
+        repo.path(),
+        &[
+            "create",
+            "--purpose",
+            "test-cmp",
+            "--identifier",
+            "here",
+            "--branch",
+            "slow",
+        ],
+    )?;
+    let inside = Path::new(created["path"].as_str().ok_or("no path")?).to_owned();
+    let (code, report) = compare(
+        &inside,
+        &[
+            "main", "HEAD", "--runs", "1", "--warmup", "0", "--", "sh", "bench.sh",
+        ],
+    )?;
+    assert_eq!(code, Some(0), "{report:#}");
+    let slow = repo.git(["rev-parse", "slow"])?;
+    let main = repo.git(["rev-parse", "main"])?;
+    assert_eq!(report["head"]["commit"].as_str(), Some(slow.trim()));
+    assert_eq!(report["base"]["commit"].as_str(), Some(main.trim()));
+    // One run per side gives no interval, and so no verdict beyond "no
+    // difference", even on a 3x figure.
+    assert_eq!(verdict(&report, "work")?, "no-difference");
+    nothing_left(&repo)?;
+    ok(repo.path(), &["remove", "--force", "test-cmp-here"])?;
     Ok(())
 }

@@ -148,7 +148,7 @@ fn revisions_resolve_to_the_commits_git_names() -> TestResult {
     let first = repo.commit_all("first")?;
     repo.git(["tag", "-a", "-m", "release", "v1"])?;
     let second = repo.commit_all("second")?;
-    let worktrees = open(&repo)?;
+    let resolve = |revision: &str| worktree_core::resolve_commit(repo.path(), revision);
     for (revision, commit) in [
         ("main", &second),
         ("HEAD", &second),
@@ -157,16 +157,28 @@ fn revisions_resolve_to_the_commits_git_names() -> TestResult {
         (first.as_str(), &first),
         (&first[..7], &first),
     ] {
-        assert_eq!(&worktrees.resolve_commit(revision)?, commit, "{revision}");
+        assert_eq!(&resolve(revision)?, commit, "{revision}");
         let git = repo.git(["rev-parse", "--verify", &format!("{revision}^{{commit}}")])?;
         assert_eq!(git.trim(), commit, "{revision}");
     }
     for bad in ["no-such-rev", "HEAD~99", "main:README.md", ""] {
-        match worktrees.resolve_commit(bad) {
+        match resolve(bad) {
             Err(error @ Error::BaseNotFound { .. }) => assert!(error.is_invalid_input()),
             other => return Err(format!("{bad:?}: expected BaseNotFound, got {other:?}").into()),
         }
     }
+    // In a linked worktree, HEAD is that worktree's own.
+    let linked = open(&repo)?.create(&CreateRequest::new("test", "linked"))?;
+    test_support::git(
+        &linked.path,
+        ["commit", "-q", "--allow-empty", "-m", "linked"],
+    )?;
+    let linked_head = test_support::git(&linked.path, ["rev-parse", "HEAD"])?;
+    assert_eq!(
+        worktree_core::resolve_commit(&linked.path, "HEAD")?,
+        linked_head.trim()
+    );
+    assert_eq!(resolve("HEAD")?, second);
     Ok(())
 }
 
