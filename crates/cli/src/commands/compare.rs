@@ -41,6 +41,10 @@ const WALL: &str = "wall";
 /// The purpose of the worktrees made here: `test-` so that `gc` takes back
 /// any that a killed comparison left.
 const PURPOSE: &str = "test-compare";
+/// How the lock reason of a worktree made here ends: a comparison killed
+/// before it could remove it leaves it locked so, by a process that is
+/// gone, and the next comparison takes it back ([`reclaim_abandoned`]).
+const MADE_HERE: &str = "(made for the comparison)";
 /// How the report names its method.
 const METHOD: &str = "ratio of the medians, 95% percentile-bootstrap interval \
                       (10000 resamples of each side, fixed seed)";
@@ -151,6 +155,7 @@ pub(super) fn run(args: &CompareArgs) -> Result<ExitCode> {
         .tempdir()
         .context("cannot create a temporary directory")?;
 
+    reclaim_abandoned(&repo);
     let mut sides = Vec::new();
     let outcome = prepare(&repo, args, targets, scratch.path(), &mut sides)
         .and_then(|()| measure(&repo, args, &sides, &child_pid));
@@ -218,6 +223,49 @@ fn target(repo: &Repo, spec: &str, role: &str) -> Result<Target> {
     }
 }
 
+/// Takes back the worktrees that comparisons killed with `kill -9` made
+/// and could not remove: `test-compare-*`, still locked as made by a
+/// comparison whose process is gone. (Worktrees a comparison only used are
+/// locked without [`MADE_HERE`] and never taken.) Best effort: what fails
+/// here is left to `isolane gc`.
+fn reclaim_abandoned(repo: &Repo) {
+    let prefix = format!("{PURPOSE}-");
+    let has_candidates = repo
+        .registry
+        .read()
+        .is_ok_and(|doc| doc.entries.keys().any(|id| id.starts_with(&prefix)));
+    if !has_candidates {
+        return;
+    }
+    let Ok(infos) = repo.worktrees.list() else {
+        return;
+    };
+    for info in infos
+        .iter()
+        .filter(|i| i.managed && i.id.starts_with(&prefix))
+    {
+        let abandoned = info
+            .lock
+            .as_ref()
+            .is_some_and(|lock| !lock.owner_alive && lock.reason.ends_with(MADE_HERE));
+        let Some(entry) = abandoned.then(|| repo.entry(&info.id).ok()).flatten() else {
+            continue;
+        };
+        progress(format_args!(
+            "taking back worktree {}, made by a comparison that was killed",
+            entry.id
+        ));
+        let how = Teardown {
+            force: true,
+            keep_branch: false,
+            hooks: false,
+        };
+        if let Err(error) = teardown(repo, &entry, how) {
+            progress(format_args!("cannot take back {}: {error:#}", entry.id));
+        }
+    }
+}
+
 /// Makes (or opens) each side and locks it as in use. Every side that is
 /// ready is pushed to `sides` at once, so that [`finish`] sees it whatever
 /// fails next.
@@ -276,7 +324,10 @@ fn prepare(
             }
             Err(error) => return Err(error),
         };
-        let reason = format!("isolane compare (pid {})", std::process::id());
+        let mut reason = format!("isolane compare (pid {})", std::process::id());
+        if created {
+            reason = format!("{reason} {MADE_HERE}");
+        }
         let locked = repo
             .worktrees
             .lock(&id, &reason, registry::ProcessIdentity::current())

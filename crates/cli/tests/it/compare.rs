@@ -448,3 +448,91 @@ fn revisions_are_read_where_the_user_stands() -> TestResult {
     ok(repo.path(), &["remove", "--force", "test-cmp-here"])?;
     Ok(())
 }
+
+#[test]
+fn what_a_killed_comparison_made_is_taken_back_by_the_next() -> TestResult {
+    let repo = fixture(NO_DB)?;
+    let marks = tempfile::tempdir()?;
+    // CMD writes its pid, then becomes a long sleep.
+    let cmd = format!(
+        "echo $$ > '{}'/pid.tmp && mv '{0}'/pid.tmp '{0}'/pid; exec sleep 60",
+        marks.path().display()
+    );
+    let mut child = crate::isolane(repo.path())
+        .args(["compare", "main", "slow", "--", "sh", "-c", &cmd])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let pid_file = marks.path().join("pid");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !pid_file.exists() {
+        if Instant::now() > deadline || child.try_wait()?.is_some() {
+            let _ = child.kill();
+            child.wait()?;
+            return Err("CMD never started".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill()?; // SIGKILL: no cleanup at all
+    child.wait()?;
+    let cmd_pid: i32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(cmd_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let left = json(repo.path(), &["list"])?;
+    let left: Vec<&str> = left
+        .as_array()
+        .ok_or("list is not an array")?
+        .iter()
+        .filter_map(|e| e["id"].as_str())
+        .filter(|id| id.starts_with("test-compare-"))
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+
+    // The next comparison takes them back (and keeps its own, on purpose).
+    let out = output(
+        repo.path(),
+        &[
+            "compare", "main", "same", "--runs", "1", "--warmup", "0", "--keep", "--json", "--",
+            "true",
+        ],
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("made by a comparison that was killed"),
+        "{stderr}"
+    );
+    let kept: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let kept_ids = [
+        kept["base"]["worktree"].as_str().ok_or("no base")?,
+        kept["head"]["worktree"].as_str().ok_or("no head")?,
+    ];
+    // Worktrees kept on purpose are not taken back by the one after.
+    let out = output(
+        repo.path(),
+        &[
+            "compare", "main", "same", "--runs", "1", "--warmup", "0", "--", "true",
+        ],
+    )?;
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("taking back"), "{stderr}");
+    let now = json(repo.path(), &["list"])?;
+    let mut now: Vec<&str> = now
+        .as_array()
+        .ok_or("list is not an array")?
+        .iter()
+        .filter_map(|e| e["id"].as_str())
+        .collect();
+    now.sort_unstable();
+    let mut expected = kept_ids.to_vec();
+    expected.sort_unstable();
+    assert_eq!(now, expected);
+    for id in kept_ids {
+        ok(repo.path(), &["remove", "--force", id])?;
+    }
+    nothing_left(&repo)
+}
