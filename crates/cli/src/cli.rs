@@ -57,7 +57,8 @@ pub(crate) enum Command {
     /// pytest-benchmark's JSON (--benchmark-json=$ISOLANE_COMPARE_OUTPUT).
     /// Per figure: the medians, the ratio HEAD/BASE with a 95% bootstrap
     /// interval, and a verdict. Exit 1 when a figure is slower beyond the
-    /// threshold; CMD's own exit code when it fails on either side.
+    /// threshold; CMD's own exit code, and its output, when it fails on
+    /// either side (the output of runs that succeed is not shown).
     Compare(CompareArgs),
     /// Remove old test worktrees and finish interrupted operations.
     Gc(GcArgs),
