@@ -70,15 +70,21 @@ fn verdict<'a>(report: &'a serde_json::Value, name: &str) -> TestResult<&'a str>
         .ok_or_else(|| format!("no verdict on {name}: {report:#}").into())
 }
 
-/// Nothing the comparison made is left: no registry entry, no git
-/// worktree besides the main one, no port lease of this repository.
-fn nothing_left(repo: &GitRepo) -> TestResult {
-    let entries = json(repo.path(), &["list"])?;
-    let ids: Vec<&str> = entries
+/// The ids of the repository's worktrees, as `isolane list` shows them.
+fn worktree_ids(repo: &GitRepo) -> TestResult<Vec<String>> {
+    Ok(json(repo.path(), &["list"])?
         .as_array()
         .ok_or("list is not an array")?
         .iter()
-        .filter_map(|e| e["id"].as_str())
+        .filter_map(|e| e["id"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// Nothing the comparison made is left: no registry entry, no git
+/// worktree besides the main one, no port lease of this repository.
+fn nothing_left(repo: &GitRepo) -> TestResult {
+    let ids: Vec<String> = worktree_ids(repo)?
+        .into_iter()
         .filter(|id| id.starts_with("test-compare-"))
         .collect();
     assert!(ids.is_empty(), "left behind: {ids:?}");
@@ -363,6 +369,40 @@ fn databases_services_and_existing_worktrees() -> TestResult {
     Ok(())
 }
 
+/// Starts `isolane compare BASE HEAD` with a CMD that runs for a minute,
+/// and returns once CMD runs on the first side: isolane's process (stderr
+/// piped) and CMD's pid.
+fn compare_with_a_long_cmd(
+    repo: &GitRepo,
+    base: &str,
+    head: &str,
+    marks: &Path,
+) -> TestResult<(std::process::Child, i32)> {
+    // CMD writes its pid, then becomes a long sleep.
+    let cmd = format!(
+        "echo $$ > '{}'/pid.tmp && mv '{0}'/pid.tmp '{0}'/pid; exec sleep 60",
+        marks.display()
+    );
+    let mut child = crate::isolane(repo.path())
+        .args(["compare", base, head, "--", "sh", "-c", &cmd])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let pid_file = marks.join("pid");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !pid_file.exists() {
+        if Instant::now() > deadline || child.try_wait()?.is_some() {
+            let _ = child.kill();
+            let out = child.wait_with_output()?;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            return Err(format!("CMD never started: {stderr}").into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((child, std::fs::read_to_string(&pid_file)?.trim().parse()?))
+}
+
 #[test]
 fn a_stop_signal_removes_what_it_made_and_nothing_else() -> TestResult {
     let repo = fixture(NO_DB)?;
@@ -377,36 +417,16 @@ fn a_stop_signal_removes_what_it_made_and_nothing_else() -> TestResult {
     assert_eq!(same.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&same.stderr).contains("the same worktree"));
     let marks = tempfile::tempdir()?;
-    // CMD marks that it runs, then becomes a long sleep.
-    let cmd = format!(
-        "touch '{}'/started-$ISOLANE_COMPARE_SIDE; exec sleep 60",
-        marks.path().display()
-    );
-    let mut child = crate::isolane(repo.path())
-        .args(["compare", "test-cmp-kept", "slow", "--", "sh", "-c", &cmd])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while std::fs::read_dir(marks.path())?.next().is_none() {
-        if Instant::now() > deadline || child.try_wait()?.is_some() {
-            let _ = child.kill();
-            let out = child.wait_with_output()?;
-            return Err(format!(
-                "CMD never started: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-            .into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (child, cmd_pid) = compare_with_a_long_cmd(&repo, "test-cmp-kept", "slow", marks.path())?;
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT)?;
     let out = child.wait_with_output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
+    // CMD got the signal too (it was isolane's child, and is reaped).
+    let cmd = nix::unistd::Pid::from_raw(cmd_pid);
+    assert!(nix::sys::signal::kill(cmd, None).is_err(), "CMD still runs");
     nothing_left(&repo)?;
     let shown = json(repo.path(), &["show", "test-cmp-kept"])?;
     assert_eq!(shown["state"], "ready", "{shown:#}");
@@ -453,43 +473,16 @@ fn revisions_are_read_where_the_user_stands() -> TestResult {
 fn what_a_killed_comparison_made_is_taken_back_by_the_next() -> TestResult {
     let repo = fixture(NO_DB)?;
     let marks = tempfile::tempdir()?;
-    // CMD writes its pid, then becomes a long sleep.
-    let cmd = format!(
-        "echo $$ > '{}'/pid.tmp && mv '{0}'/pid.tmp '{0}'/pid; exec sleep 60",
-        marks.path().display()
-    );
-    let mut child = crate::isolane(repo.path())
-        .args(["compare", "main", "slow", "--", "sh", "-c", &cmd])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let pid_file = marks.path().join("pid");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !pid_file.exists() {
-        if Instant::now() > deadline || child.try_wait()?.is_some() {
-            let _ = child.kill();
-            child.wait()?;
-            return Err("CMD never started".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (mut child, cmd_pid) = compare_with_a_long_cmd(&repo, "main", "slow", marks.path())?;
     child.kill()?; // SIGKILL: no cleanup at all
     child.wait()?;
-    let cmd_pid: i32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(cmd_pid),
         nix::sys::signal::Signal::SIGKILL,
     );
-    let left = json(repo.path(), &["list"])?;
-    let left: Vec<&str> = left
-        .as_array()
-        .ok_or("list is not an array")?
-        .iter()
-        .filter_map(|e| e["id"].as_str())
-        .filter(|id| id.starts_with("test-compare-"))
-        .collect();
+    let left = worktree_ids(&repo)?;
     assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().all(|id| id.starts_with("test-compare-")));
 
     // The next comparison takes them back (and keeps its own, on purpose).
     let out = output(
@@ -520,15 +513,9 @@ fn what_a_killed_comparison_made_is_taken_back_by_the_next() -> TestResult {
     assert_eq!(out.status.code(), Some(0));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("taking back"), "{stderr}");
-    let now = json(repo.path(), &["list"])?;
-    let mut now: Vec<&str> = now
-        .as_array()
-        .ok_or("list is not an array")?
-        .iter()
-        .filter_map(|e| e["id"].as_str())
-        .collect();
+    let mut now = worktree_ids(&repo)?;
     now.sort_unstable();
-    let mut expected = kept_ids.to_vec();
+    let mut expected = kept_ids.map(str::to_owned).to_vec();
     expected.sort_unstable();
     assert_eq!(now, expected);
     for id in kept_ids {
