@@ -48,6 +48,20 @@ pub(crate) enum Command {
     Logs(LogsArgs),
     /// Remove a worktree, its database and its ports.
     Remove(RemoveArgs),
+    /// Time a command at two revisions, in rounds of ABBA order, and tell
+    /// whether HEAD is faster, slower or no different from BASE.
+    ///
+    /// Each side runs in its own worktree (made at the revision and removed
+    /// afterwards, or an existing one named by id) with its own ports, a
+    /// database from the same template (reset before every run) and its
+    /// services. Figures: CMD's wall time, and any that CMD writes to the
+    /// file $ISOLANE_COMPARE_OUTPUT names, as {"name": seconds, ...} or
+    /// pytest-benchmark's JSON (--benchmark-json=$ISOLANE_COMPARE_OUTPUT).
+    /// Per figure: the medians, the ratio HEAD/BASE with a 95% bootstrap
+    /// interval, and a verdict. Exit 1 when a figure is slower beyond the
+    /// threshold; CMD's own exit code, and its output, when it fails on
+    /// either side (the output of runs that succeed is not shown).
+    Compare(CompareArgs),
     /// Remove old test worktrees and finish interrupted operations.
     Gc(GcArgs),
     /// Port leases on this host.
@@ -106,6 +120,39 @@ pub(crate) struct CreateArgs {
 pub(crate) struct RunArgs {
     /// The worktree id.
     pub(crate) id: String,
+    /// Do not start the configured services.
+    #[arg(long)]
+    pub(crate) no_services: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub(crate) command: Vec<String>,
+}
+
+/// `isolane compare` (see `Command::Compare`).
+#[derive(Debug, Args)]
+pub(crate) struct CompareArgs {
+    /// The baseline: a revision, or the id of an existing worktree.
+    pub(crate) base: String,
+    /// The candidate: a revision, or the id of an existing worktree.
+    pub(crate) head: String,
+    /// Timed rounds; each runs CMD once on each side.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub(crate) runs: u32,
+    /// Rounds run first and discarded.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub(crate) warmup: u32,
+    /// The smallest change that gets a verdict, as a percentage.
+    #[arg(long, default_value = "5%", value_parser = percentage, allow_hyphen_values = true)]
+    pub(crate) threshold: f64,
+    /// Print every sample and the comparison as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Keep the worktrees made for the comparison.
+    #[arg(long)]
+    pub(crate) keep: bool,
+    /// Do not reset the databases before each run of CMD.
+    #[arg(long)]
+    pub(crate) no_reset: bool,
     /// Do not start the configured services.
     #[arg(long)]
     pub(crate) no_services: bool,
@@ -254,6 +301,17 @@ fn parse_duration(raw: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{raw:?} is not a duration like 30m or 24h: {e}"))
 }
 
+/// A percentage like `5%` (or `2.5%`), as a fraction.
+fn percentage(raw: &str) -> Result<f64, String> {
+    let refuse = || format!("{raw:?} is not a percentage like 5% (0% to 1000%)");
+    let number = raw.trim().strip_suffix('%').ok_or_else(refuse)?;
+    let percent: f64 = number.trim().parse().map_err(|_| refuse())?;
+    if !(0.0..=1000.0).contains(&percent) {
+        return Err(refuse());
+    }
+    Ok(percent / 100.0)
+}
+
 /// A branch name worktree-core accepts (git's rules, and nothing that could
 /// pass for an option, a revision or a full ref name). Checked while
 /// parsing, so a refused name never reaches the registry.
@@ -265,7 +323,17 @@ fn branch_name(raw: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::branch_name;
+    use super::{branch_name, percentage};
+
+    #[test]
+    fn thresholds_are_percentages() {
+        assert_eq!(percentage("5%"), Ok(0.05));
+        assert_eq!(percentage("0%"), Ok(0.0));
+        assert_eq!(percentage(" 12.5 %"), Ok(0.125));
+        for bad in ["5", "0.05", "%", "-1%", "x%", "NaN%", "inf%", "1001%", ""] {
+            assert!(percentage(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
 
     #[test]
     fn branch_names_follow_git() {

@@ -1,6 +1,7 @@
 //! What every repository command needs: the repository, its configuration,
 //! its registry, and handles on the libraries, opened lazily.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
@@ -128,6 +129,17 @@ impl Repo {
             format!("no worktree {id:?}; known: {}", known.join(", "))
         })
         .into())
+    }
+
+    /// The environment of worktree `entry`, as its tests see it: its
+    /// ports, its database's URL (from the server, which may have moved
+    /// since the files were written) and its id.
+    pub(crate) fn environment(&self, entry: &Entry) -> Result<BTreeMap<String, String>> {
+        let url = match &entry.database {
+            Some(database) => Some(self.server()?.url(database)),
+            None => None,
+        };
+        Ok(crate::envfile::environment(entry, url.as_deref()))
     }
 
     /// The port allocator (host-wide state).

@@ -2,7 +2,8 @@
 //!
 //! `main` parses, `run` does the work and returns the exit code; errors are
 //! printed with their whole chain. Exit codes: 0 ok, 1 the operation failed,
-//! 2 bad usage or input, and the command's own code for `isolane run`.
+//! 2 bad usage or input, and the command's own code for `isolane run` (and
+//! for `isolane compare` when CMD fails; 1 there when a figure is slower).
 //!
 //! Crash tests: `ISOLANE_FAULT=<step>` kills the process with SIGKILL at
 //! that step ([`registry::fault_point`]): `create.after_intent`,
@@ -18,10 +19,12 @@ mod context;
 mod envfile;
 #[cfg(test)]
 mod fuzz_tests;
+mod lifecycle;
 mod procs;
 mod runs;
 mod services;
 mod state;
+mod stats;
 
 use std::process::ExitCode;
 

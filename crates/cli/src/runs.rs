@@ -56,7 +56,7 @@ pub(crate) fn begin(repo: &Repo, id: &str) -> Result<String> {
 }
 
 /// Records the process group led by `leader` (just spawned) as `name`'s.
-pub(crate) fn add_group(repo: &Repo, id: &str, name: &str, leader: u32) -> Result<()> {
+fn add_group(repo: &Repo, id: &str, name: &str, leader: u32) -> Result<()> {
     let Some(leader) = ProcessIdentity::of_pid(leader) else {
         // Already gone: nothing of it to stop later but what carries the
         // token, which is found without the record.
@@ -70,6 +70,9 @@ pub(crate) fn add_group(repo: &Repo, id: &str, name: &str, leader: u32) -> Resul
             .and_then(|entry| entry.run.as_mut())
             .filter(|run| run.runner == me)
         {
+            // Groups that are gone need no record (a comparison starts
+            // services every round).
+            run.groups.retain(|group| group.leader.is_alive());
             run.groups.push(RunGroup {
                 name: name.to_owned(),
                 leader,
@@ -79,8 +82,36 @@ pub(crate) fn add_group(repo: &Repo, id: &str, name: &str, leader: u32) -> Resul
     })
 }
 
+/// A recorder of the process groups a run starts, for
+/// [`services::start_all`](crate::services::start_all) and
+/// [`services::run_foreground`](crate::services::run_foreground): a group
+/// that cannot be recorded is still found by the token.
+pub(crate) fn recorder(repo: &Repo, id: &str) -> impl FnMut(&str, u32) {
+    move |name: &str, leader: u32| {
+        if let Err(error) = add_group(repo, id, name, leader) {
+            tracing::warn!(id, name, leader, "cannot record a process group: {error:#}");
+        }
+    }
+}
+
+/// Ends the run of this process in worktree `id`: stops what it started
+/// that is still running outside its groups, and removes its record.
+pub(crate) fn finish(repo: &Repo, id: &str, token: &str) {
+    let strays = stop_strays(token);
+    if strays > 0 {
+        progress(format_args!(
+            "stopped {strays} process(es) this run started that had left their process group"
+        ));
+    }
+    if let Err(error) = end(repo, id) {
+        progress(format_args!(
+            "cannot clear the run record of {id}: {error:#}"
+        ));
+    }
+}
+
 /// Removes this process's run record from worktree `id`.
-pub(crate) fn end(repo: &Repo, id: &str) -> Result<()> {
+fn end(repo: &Repo, id: &str) -> Result<()> {
     let me = ProcessIdentity::current();
     repo.registry.update(|doc| {
         if let Some(entry) = doc.entries.get_mut(id)
@@ -95,7 +126,7 @@ pub(crate) fn end(repo: &Repo, id: &str) -> Result<()> {
 /// Stops the processes of this run that are still running after its groups
 /// were stopped: those that left their group (a daemon's `setsid`) but
 /// still carry the run's token. Returns how many there were.
-pub(crate) fn stop_strays(token: &str) -> usize {
+fn stop_strays(token: &str) -> usize {
     if token.is_empty() {
         return 0;
     }

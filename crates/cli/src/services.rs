@@ -1,20 +1,29 @@
-//! Services for `isolane run`: started in their own process groups with the
-//! worktree's environment, their output written to a log file per worktree
-//! and service, waited for until ready — a port counts only when a process
-//! of the service's own group listens on it — and stopped by process group
-//! (TERM, then KILL after a grace period), never by name.
+//! Services for `isolane run` and `compare`: started in their own process
+//! groups with the worktree's environment, their output written to a log
+//! file per worktree and service, waited for until ready — a port counts
+//! only when a process of the service's own group listens on it — and
+//! stopped by process group (TERM, then KILL after a grace period), never
+//! by name. Also the command of a run (in a group of its own, the
+//! terminal's foreground while it runs) and the stop signals (Ctrl-C, TERM,
+//! HUP) both commands handle.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{IsTerminal, Read, Seek, SeekFrom};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
+use std::os::fd::AsFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, killpg, pthread_sigmask};
+use nix::sys::wait::{Id, WaitPidFlag, waitid};
+use nix::unistd::Pid;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 use crate::config::{Service, looks_like_port_name};
 use crate::procs::{self, Target};
@@ -43,6 +52,120 @@ pub(crate) fn interrupted_by() -> Option<Signal> {
 /// Whether the run was interrupted.
 pub(crate) fn interrupted() -> bool {
     interrupted_by().is_some()
+}
+
+/// Signals that make isolane stop CMD and its services and clean up.
+const STOP_SIGNALS: [i32; 3] = [SIGINT, SIGTERM, SIGHUP];
+
+/// Receives the stop signals: marks the run interrupted and passes the
+/// signal on to CMD's process group (published in `command_group` while it
+/// runs). Ctrl-C at a terminal reaches CMD directly: its group is the
+/// terminal's foreground while it runs.
+pub(crate) fn spawn_signal_waiter(command_group: Arc<AtomicI32>) -> std::io::Result<()> {
+    let mut signals = Signals::new(STOP_SIGNALS)?;
+    std::thread::spawn(move || {
+        for raw in signals.forever() {
+            let Ok(signal) = Signal::try_from(raw) else {
+                continue;
+            };
+            interrupt(signal);
+            let group = command_group.load(Ordering::SeqCst);
+            if group > 0 {
+                let _ = killpg(Pid::from_raw(group), signal);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Runs `command` to its end as the command of a run: in a process group
+/// of its own (passed to `started` as `command` the moment it exists, and
+/// published in `command_group` for the signal waiter), in the terminal's
+/// foreground when there is one. Whatever it leaves running in its group
+/// is stopped when it ends.
+pub(crate) fn run_foreground(
+    command: &mut Command,
+    command_group: &AtomicI32,
+    started: &mut dyn FnMut(&str, u32),
+) -> std::io::Result<ExitStatus> {
+    let mut child = command.process_group(0).spawn()?;
+    started("command", child.id());
+    let group = i32::try_from(child.id()).expect("a pid fits in an i32");
+    command_group.store(group, Ordering::SeqCst);
+    // A stop signal that came while CMD was being started found no group
+    // to pass on to: pass it on now. (Both sides use SeqCst, so at least
+    // one of them sees the other.)
+    if let Some(signal) = interrupted_by() {
+        let _ = killpg(Pid::from_raw(group), signal);
+    }
+    let terminal = Foreground::give(group);
+    // Exited, but not reaped: until it is, its pid (the group id) cannot be
+    // reused, so the group can be signalled safely below.
+    let exited = waitid(
+        Id::Pid(Pid::from_raw(group)),
+        WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+    );
+    drop(terminal);
+    command_group.store(0, Ordering::SeqCst);
+    if !procs::terminate(&[Target::Group(group)], GRACE).is_empty() {
+        tracing::warn!(group, "processes CMD left running ignored TERM; sent KILL");
+    }
+    if let Err(error) = exited {
+        tracing::debug!(%error, "waitid failed; waiting normally");
+    }
+    child.wait()
+}
+
+/// The exit code that passes `status` on: the command's own, or 128 plus
+/// the signal that killed it.
+pub(crate) fn exit_code(status: ExitStatus) -> ExitCode {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        (None, Some(signal)) => ExitCode::from(u8::try_from(128 + signal).unwrap_or(1)),
+        (None, None) => ExitCode::FAILURE,
+    }
+}
+
+/// The terminal's foreground given to CMD's group while it runs (so that it
+/// can read the terminal and gets Ctrl-C itself), and taken back after.
+struct Foreground {
+    ours: Pid,
+}
+
+impl Foreground {
+    fn give(group: i32) -> Option<Self> {
+        let stdin = std::io::stdin();
+        if !stdin.is_terminal() {
+            return None;
+        }
+        let ours = nix::unistd::getpgrp();
+        // Only when we are the foreground: a background isolane must not
+        // take the terminal from the shell's job.
+        if nix::unistd::tcgetpgrp(stdin.as_fd()).ok()? != ours {
+            return None;
+        }
+        nix::unistd::tcsetpgrp(stdin.as_fd(), Pid::from_raw(group)).ok()?;
+        // Had CMD touched the terminal before it was its own, it was
+        // stopped for it: let it go on.
+        let _ = killpg(Pid::from_raw(group), Signal::SIGCONT);
+        Some(Self { ours })
+    }
+}
+
+impl Drop for Foreground {
+    fn drop(&mut self) {
+        // From the background, taking the terminal back raises SIGTTOU
+        // unless it is blocked; blocked on this thread only, and only here.
+        let mut ttou = SigSet::empty();
+        ttou.add(Signal::SIGTTOU);
+        let mut previous = SigSet::empty();
+        let blocked =
+            pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&ttou), Some(&mut previous)).is_ok();
+        let _ = nix::unistd::tcsetpgrp(std::io::stdin().as_fd(), self.ours);
+        if blocked {
+            let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None);
+        }
+    }
 }
 
 /// Why a service could not be brought up.

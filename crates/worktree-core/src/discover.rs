@@ -16,6 +16,19 @@ pub struct RepoPaths {
     pub main_root: Option<PathBuf>,
 }
 
+/// The full id of the commit `revision` names (a branch, tag, commit id or
+/// any expression `git rev-parse` takes) as git reads it in `path`: any
+/// directory inside a repository or one of its worktrees, where `HEAD` is
+/// that worktree's own. [`Error::BaseNotFound`] when it names no commit.
+pub fn resolve_commit(path: impl AsRef<Path>, revision: &str) -> Result<String> {
+    let path = path.as_ref();
+    let repo = Repository::discover(path).map_err(|source| Error::NotARepository {
+        path: path.to_owned(),
+        source,
+    })?;
+    crate::worktrees::resolve_revision(&repo, revision).map(|commit| commit.to_string())
+}
+
 /// Finds the repository containing `path` — any directory inside it or
 /// inside one of its worktrees — without changing anything on disk.
 pub fn discover(path: impl AsRef<Path>) -> Result<RepoPaths> {

@@ -84,7 +84,7 @@ mod snapshot;
 mod state;
 mod worktrees;
 
-pub use discover::{RepoPaths, discover};
+pub use discover::{RepoPaths, discover, resolve_commit};
 pub use error::{Error, Result};
 pub use names::{MAX_NAME_LEN, validate_branch, validate_name};
 pub use worktrees::{

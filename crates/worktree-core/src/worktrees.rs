@@ -496,16 +496,7 @@ impl Worktrees {
         request: &CreateRequest,
         admins: &[Admin],
     ) -> Result<Target> {
-        let base_commit = || {
-            let base = request.base.as_deref().unwrap_or("HEAD");
-            repo.revparse_single(base)
-                .and_then(|object| object.peel_to_commit())
-                .map(|commit| commit.id())
-                .map_err(|source| Error::BaseNotFound {
-                    base: base.to_owned(),
-                    source,
-                })
-        };
+        let base_commit = || resolve_revision(repo, request.base.as_deref().unwrap_or("HEAD"));
         if request.detach {
             return Ok(Target {
                 commit: base_commit()?,
@@ -1537,4 +1528,15 @@ fn delete_local_branch(repo: &Repository, found: git2::Branch<'_>, branch: &str)
         }
     }
     Ok(())
+}
+
+/// The commit `revision` names in `repo`.
+pub(crate) fn resolve_revision(repo: &Repository, revision: &str) -> Result<Oid> {
+    repo.revparse_single(revision)
+        .and_then(|object| object.peel_to_commit())
+        .map(|commit| commit.id())
+        .map_err(|source| Error::BaseNotFound {
+            base: revision.to_owned(),
+            source,
+        })
 }

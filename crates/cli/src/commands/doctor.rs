@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::remove::{Teardown, abandoned, teardown, unchanged};
 use super::{print_json, progress};
 use crate::context::Repo;
+use crate::lifecycle::{Teardown, abandoned, teardown, unchanged};
 use crate::state::{Phase, Worktrees};
 
 #[derive(Debug, Serialize)]

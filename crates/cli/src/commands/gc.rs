@@ -8,10 +8,10 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::info::statuses;
-use super::remove::{Teardown, abandoned, teardown};
 use super::{age, print_json, progress};
 use crate::cli::GcArgs;
 use crate::context::Repo;
+use crate::lifecycle::{Teardown, abandoned, teardown};
 use crate::state::Phase;
 
 #[derive(Debug, Default, Serialize)]

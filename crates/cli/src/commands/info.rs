@@ -200,24 +200,9 @@ pub(super) fn show(id: &str, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The environment of worktree `id`, as its tests see it.
-pub(crate) fn environment(repo: &Repo, id: &str) -> Result<BTreeMap<String, String>> {
-    let entry = repo.entry(id)?;
-    let url = match &entry.database {
-        Some(database) => Some(database_url(repo, database)?),
-        None => None,
-    };
-    Ok(envfile::environment(&entry, url.as_deref()))
-}
-
-/// The URL of one of our databases on the configured server.
-fn database_url(repo: &Repo, database: &str) -> Result<String> {
-    Ok(repo.server()?.url(database))
-}
-
 pub(super) fn env(id: &str, format: EnvFormat) -> Result<ExitCode> {
     let repo = Repo::discover()?;
-    let env = environment(&repo, id)?;
+    let env = repo.environment(&repo.entry(id)?)?;
     match format {
         EnvFormat::Dotenv => print!("{}", envfile::dotenv(&env)),
         EnvFormat::Shell => print!("{}", envfile::shell(&env)),

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::cli::{Cli, Command};
 
+mod compare;
 mod create;
 mod db;
 mod doctor;
@@ -32,6 +33,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => run::run(&args),
         Command::Logs(args) => logs::run(&args),
         Command::Remove(args) => remove::run(&args),
+        Command::Compare(args) => compare::run(&args),
         Command::Gc(args) => gc::run(&args),
         Command::Ports { command, json } => ports::run(command, json),
         Command::Db { command } => db::run(command),

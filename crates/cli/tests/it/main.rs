@@ -2,6 +2,7 @@
 //! repositories, real sockets and the embedded PostgreSQL server.
 
 mod bad_input;
+mod compare;
 mod concurrency;
 mod crashes;
 mod processes;

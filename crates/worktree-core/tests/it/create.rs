@@ -143,6 +143,46 @@ fn default_branch_is_named_after_the_worktree() -> TestResult {
 }
 
 #[test]
+fn revisions_resolve_to_the_commits_git_names() -> TestResult {
+    let repo = GitRepo::new()?;
+    let first = repo.commit_all("first")?;
+    repo.git(["tag", "-a", "-m", "release", "v1"])?;
+    let second = repo.commit_all("second")?;
+    let resolve = |revision: &str| worktree_core::resolve_commit(repo.path(), revision);
+    for (revision, commit) in [
+        ("main", &second),
+        ("HEAD", &second),
+        ("HEAD~1", &first),
+        ("v1", &first),
+        (first.as_str(), &first),
+        (&first[..7], &first),
+    ] {
+        assert_eq!(&resolve(revision)?, commit, "{revision}");
+        let git = repo.git(["rev-parse", "--verify", &format!("{revision}^{{commit}}")])?;
+        assert_eq!(git.trim(), commit, "{revision}");
+    }
+    for bad in ["no-such-rev", "HEAD~99", "main:README.md", ""] {
+        match resolve(bad) {
+            Err(error @ Error::BaseNotFound { .. }) => assert!(error.is_invalid_input()),
+            other => return Err(format!("{bad:?}: expected BaseNotFound, got {other:?}").into()),
+        }
+    }
+    // In a linked worktree, HEAD is that worktree's own.
+    let linked = open(&repo)?.create(&CreateRequest::new("test", "linked"))?;
+    test_support::git(
+        &linked.path,
+        ["commit", "-q", "--allow-empty", "-m", "linked"],
+    )?;
+    let linked_head = test_support::git(&linked.path, ["rev-parse", "HEAD"])?;
+    assert_eq!(
+        worktree_core::resolve_commit(&linked.path, "HEAD")?,
+        linked_head.trim()
+    );
+    assert_eq!(resolve("HEAD")?, second);
+    Ok(())
+}
+
+#[test]
 fn unknown_base_is_a_clear_error_and_leaves_nothing() -> TestResult {
     let repo = GitRepo::new()?;
     let worktrees = open(&repo)?;
