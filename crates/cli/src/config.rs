@@ -424,16 +424,20 @@ fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::E
     })
 }
 
+/// Whether `name` can name a service (and its log file): letters, digits,
+/// `-` and `_`.
+pub(crate) fn looks_like_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 fn services<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Service>, D::Error> {
     let services = Vec::<Service>::deserialize(deserializer)?;
     let mut seen = BTreeSet::new();
     for service in &services {
-        let valid = !service.name.is_empty()
-            && service
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !valid {
+        if !looks_like_service_name(&service.name) {
             return Err(D::Error::custom(format!(
                 "service name {:?} must be letters, digits, - and _",
                 service.name

@@ -21,7 +21,7 @@ use crate::procs::{self, Target};
 use crate::state::{RunGroup, RunRecord};
 
 /// The variable that marks every process of a run.
-pub(crate) const TOKEN_VAR: &str = "ISOLANE_RUN_TOKEN";
+pub(crate) const TOKEN_VAR: &str = registry::RUN_TOKEN_ENV;
 
 /// How long a leftover process gets between TERM and KILL.
 const GRACE: Duration = Duration::from_secs(5);
@@ -29,6 +29,8 @@ const GRACE: Duration = Duration::from_secs(5);
 /// Records that this process runs in worktree `id`; returns the token its
 /// processes must carry. Refuses if another live run is recorded there.
 pub(crate) fn begin(repo: &Repo, id: &str) -> Result<String> {
+    // A record of a dead run is acted on, never overwritten.
+    stop_leftovers(repo)?;
     let me = ProcessIdentity::current();
     let token = format!("{}-{}", me.pid, me.start_time);
     let record = RunRecord {

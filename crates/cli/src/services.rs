@@ -59,7 +59,8 @@ const STOP_SIGNALS: [i32; 3] = [SIGINT, SIGTERM, SIGHUP];
 
 /// Receives the stop signals: marks the run interrupted and passes the
 /// signal on to CMD's process group (published in `command_group` while it
-/// runs). Ctrl-C at a terminal reaches CMD directly: its group is the
+/// runs); if the group is still running after the grace period, it gets
+/// KILL. Ctrl-C at a terminal reaches CMD directly: its group is the
 /// terminal's foreground while it runs.
 pub(crate) fn spawn_signal_waiter(command_group: Arc<AtomicI32>) -> std::io::Result<()> {
     let mut signals = Signals::new(STOP_SIGNALS)?;
@@ -72,6 +73,16 @@ pub(crate) fn spawn_signal_waiter(command_group: Arc<AtomicI32>) -> std::io::Res
             let group = command_group.load(Ordering::SeqCst);
             if group > 0 {
                 let _ = killpg(Pid::from_raw(group), signal);
+                let command_group = Arc::clone(&command_group);
+                std::thread::spawn(move || {
+                    std::thread::sleep(GRACE);
+                    // Still published: CMD has not exited (its pid is not
+                    // reaped before it is unpublished, so this is its group).
+                    if command_group.load(Ordering::SeqCst) == group {
+                        tracing::warn!(group, "the command ignored {signal}; sending KILL");
+                        let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
+                    }
+                });
             }
         }
     });

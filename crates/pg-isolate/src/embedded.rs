@@ -872,6 +872,9 @@ fn start(
         command
             .env("PGPASSWORD", &password)
             .env("PGCONNECT_TIMEOUT", "5")
+            // Shared by the whole host: not one `isolane run`'s to stop,
+            // even when a test inside a run started it.
+            .env_remove(registry::RUN_TOKEN_ENV)
             .process_group(0)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

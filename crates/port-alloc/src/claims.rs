@@ -16,7 +16,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
@@ -26,8 +28,8 @@ use crate::Error;
 /// and exists on every Linux host.
 const DEFAULT_DIR: &str = "/var/tmp/isolane-ports";
 
-/// The lock file that serialises the replacement of stale claims.
-const LOCK_NAME: &str = ".lock";
+/// How long the replacement of a stale claim waits for the directory lock.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// What a claim file says.
 #[derive(Debug, Serialize, Deserialize)]
@@ -44,8 +46,8 @@ struct Record {
 enum Holder {
     /// Our uid and our document.
     Us,
-    /// Our uid, but a lease document that no longer exists (a removed
-    /// state directory), or a file no claim was ever completed in.
+    /// Our uid, but a lease document whose state directory no longer
+    /// exists.
     OursStale,
     /// Anyone else (another user, or another live document of ours).
     Other,
@@ -210,9 +212,15 @@ impl Claims {
             Some(record) if record.uid == self.uid && record.document == self.document => {
                 Holder::Us
             }
-            Some(record) if record.document.exists() => Holder::Other,
-            // Our uid, and its document is gone or it is no claim at all.
-            _ => Holder::OursStale,
+            // Our uid, and the state directory of its document is gone (a
+            // deleted CI workspace). Not the document itself: it is only
+            // written after the first lease's claims.
+            Some(record) if record.document.parent().is_some_and(|dir| !dir.exists()) => {
+                Holder::OursStale
+            }
+            // A live document's, or a claim that cannot be read (never
+            // taken over: its holder may still lease the port).
+            _ => Holder::Other,
         }
     }
 
@@ -287,28 +295,27 @@ impl Claims {
             })
     }
 
+    /// Locks the claims directory itself (flock on its descriptor: nothing
+    /// to create, and every user can open it), giving up after
+    /// [`LOCK_WAIT`] so that another user holding it cannot hang us.
     fn lock(&self) -> Result<Flock<File>, Error> {
-        let path = self.dir.join(LOCK_NAME);
-        // Read-only is enough for flock, so a lock file made by another
-        // user serves everyone.
-        let file = OpenOptions::new()
-            .read(true)
-            .write(false)
-            .open(&path)
-            .or_else(|_| {
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .mode(0o644)
-                    .open(&path)
-            })
-            .map_err(self.claim_error(path.clone()))?;
-        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| Error::Claim {
-            path,
-            source: std::io::Error::from(errno),
-        })
+        let deadline = Instant::now() + LOCK_WAIT;
+        let mut dir = File::open(&self.dir).map_err(self.claim_error(self.dir.clone()))?;
+        loop {
+            match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(lock),
+                Err((file, Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                    dir = file;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err((_, errno)) => {
+                    return Err(Error::Claim {
+                        path: self.dir.clone(),
+                        source: std::io::Error::from(errno),
+                    });
+                }
+            }
+        }
     }
 }
 

@@ -54,5 +54,5 @@ mod store;
 pub use atomic::write_atomically;
 pub use error::Error;
 pub use fault::{FAULT_ENV, fault_point};
-pub use process::ProcessIdentity;
+pub use process::{ProcessIdentity, RUN_TOKEN_ENV};
 pub use store::{Document, Options, Store};

@@ -1,5 +1,14 @@
 use serde::{Deserialize, Serialize};
 
+/// The environment variable that marks every process an `isolane run`
+/// starts (its value names the run), so that a run's processes can be
+/// found again once they left the process group they were started in.
+///
+/// A long-lived server that is shared beyond the run (the embedded
+/// PostgreSQL server, started on demand from inside a run) must be started
+/// without it: `command.env_remove(RUN_TOKEN_ENV)`.
+pub const RUN_TOKEN_ENV: &str = "ISOLANE_RUN_TOKEN";
+
 /// A process, identified so that a reused pid is not mistaken for it.
 ///
 /// A pid alone is not an identity: once a process exits the kernel hands its

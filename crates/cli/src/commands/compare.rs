@@ -133,6 +133,9 @@ pub(super) fn run(args: &CompareArgs) -> Result<ExitCode> {
         .context("cannot install signal handlers")?;
 
     let repo = Repo::discover()?;
+    // What a killed run or comparison left running goes first: before the
+    // worktrees of a killed comparison are taken back below.
+    runs::stop_leftovers(&repo)?;
     // Both sides are resolved before anything is made.
     let targets = [
         target(&repo, &args.base, "BASE")?,

@@ -31,7 +31,9 @@ pub(super) fn run(args: &LogsArgs) -> Result<ExitCode> {
         .collect();
     let names: Vec<String> = match &args.service {
         Some(name) => {
-            if !configured.contains(&name.as_str()) && !log_path(&dir, name).is_file() {
+            if !crate::config::looks_like_service_name(name)
+                || (!configured.contains(&name.as_str()) && !log_path(&dir, name).is_file())
+            {
                 return Err(InputError(format!(
                     "no service {name:?} in isolane.toml (services: {})",
                     if configured.is_empty() {
@@ -43,6 +45,10 @@ pub(super) fn run(args: &LogsArgs) -> Result<ExitCode> {
                 .into());
             }
             vec![name.clone()]
+        }
+        None if configured.is_empty() => {
+            progress("no [[services]] in isolane.toml: there are no service logs");
+            return Ok(ExitCode::SUCCESS);
         }
         None => configured.iter().map(|n| (*n).to_owned()).collect(),
     };
@@ -65,10 +71,14 @@ pub(super) fn run(args: &LogsArgs) -> Result<ExitCode> {
         for log in &mut logs {
             log.print_new(&mut out, prefixed)?;
         }
-        out.flush()?;
         if !args.follow {
+            for log in &mut logs {
+                log.print_partial(&mut out)?;
+            }
+            out.flush()?;
             return Ok(ExitCode::SUCCESS);
         }
+        out.flush()?;
         std::thread::sleep(POLL);
     }
 }
@@ -92,6 +102,17 @@ impl Log {
             offset: 0,
             partial: Vec::new(),
         }
+    }
+
+    /// Prints an unfinished last line, prefixed, on a line of its own.
+    fn print_partial(&mut self, out: &mut impl Write) -> Result<()> {
+        if !self.partial.is_empty() {
+            write!(out, "{} | ", self.name)?;
+            out.write_all(&self.partial)?;
+            writeln!(out)?;
+            self.partial.clear();
+        }
+        Ok(())
     }
 
     /// Prints what was appended since the last call; a log replaced by a

@@ -71,7 +71,12 @@ fn run_locked(
             "starting {} service(s)",
             repo.config.services.len()
         ));
-        services::start_all(&repo.config.services, dir, env, &log_dir, &mut record)?
+        match services::start_all(&repo.config.services, dir, env, &log_dir, &mut record) {
+            Ok(running) => running,
+            // A stop signal while a service was starting is a stop.
+            Err(_) if services::interrupted() => return Ok(ExitCode::from(130)),
+            Err(error) => return Err(error.into()),
+        }
     };
     if services::interrupted() {
         services::stop_all(running);

@@ -46,8 +46,17 @@ fn alive(pid: i32) -> bool {
     u32::try_from(pid).is_ok_and(crate::alive)
 }
 
+/// The pid written to `path`, once it is written whole.
 fn read_pid(path: &Path) -> TestResult<i32> {
-    Ok(std::fs::read_to_string(path)?.trim().parse()?)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match std::fs::read_to_string(path).map(|text| text.trim().parse::<i32>()) {
+            Ok(Ok(pid)) => return Ok(pid),
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Ok(Err(error)) => return Err(error.into()),
+            Err(error) => return Err(error.into()),
+        }
+    }
 }
 
 /// Waits until every file of `files` exists.
@@ -59,8 +68,6 @@ fn wait_files(files: &[&Path], what: &str) -> TestResult {
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    // Written, not only created.
-    std::thread::sleep(Duration::from_millis(50));
     Ok(())
 }
 
@@ -81,7 +88,12 @@ fn wait_end(child: &mut Child) -> TestResult<std::process::ExitStatus> {
 
 #[test]
 fn what_a_killed_run_left_is_stopped_by_the_next_command() -> TestResult {
-    let repo = repo_with_config(&config("exec python3 ../../../service.py"))?;
+    // Beside the service, a child that drops the run's token: only the
+    // recorded process group can find it.
+    let repo = repo_with_config(&config(
+        "env -u ISOLANE_RUN_TOKEN sleep 600 & echo $! > ../../../untokened.pid; \
+         exec python3 ../../../service.py",
+    ))?;
     let root = repo.path();
     let beside = root.parent().ok_or("no parent")?;
     std::fs::write(beside.join("service.py"), STUBBORN_SERVICE)?;
@@ -92,12 +104,14 @@ fn what_a_killed_run_left_is_stopped_by_the_next_command() -> TestResult {
     let port = created["ports"]["APP_PORT"].as_u64().ok_or("no port")? as u16;
     let service_pid_file = beside.join("service.pid");
     let command_pid_file = beside.join("command-child.pid");
+    let untokened_file = beside.join("untokened.pid");
 
     // Every command that must stop the leftovers; `run` then starts its own
     // service on the freed port.
     for next in ["list", "gc", "doctor", "run"] {
         let _ = std::fs::remove_file(&service_pid_file);
         let _ = std::fs::remove_file(&command_pid_file);
+        let _ = std::fs::remove_file(&untokened_file);
         let mut run = KillOnDrop(
             isolane(root)
                 .env("PID_FILE", &service_pid_file)
@@ -111,9 +125,13 @@ fn what_a_killed_run_left_is_stopped_by_the_next_command() -> TestResult {
                 .stderr(Stdio::null())
                 .spawn()?,
         );
-        wait_files(&[&service_pid_file, &command_pid_file], "the run")?;
+        wait_files(
+            &[&service_pid_file, &command_pid_file, &untokened_file],
+            "the run",
+        )?;
         let service = read_pid(&service_pid_file)?;
         let command_child = read_pid(&command_pid_file)?;
+        let untokened = read_pid(&untokened_file)?;
         kill(Pid::from_raw(i32::try_from(run.0.id())?), Signal::SIGKILL)?;
         run.0.wait()?;
         // Orphaned, still running: nothing stopped them yet.
@@ -141,6 +159,10 @@ fn what_a_killed_run_left_is_stopped_by_the_next_command() -> TestResult {
         assert!(
             !alive(command_child),
             "{next}: the command's child {command_child} survived"
+        );
+        assert!(
+            !alive(untokened),
+            "{next}: the service's token-less child {untokened} survived"
         );
         if next == "run" {
             // It ran its own service (a new pid), which is gone again.

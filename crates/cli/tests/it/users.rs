@@ -12,6 +12,9 @@ use test_support::{GitRepo, TestResult};
 /// How many worktrees each user creates, and in how many parallel streams.
 const PER_USER: usize = 20;
 const STREAMS: usize = 4;
+/// The first port of the range both users lease from: below Linux's usual
+/// ephemeral start (32768), away from the other tests' ranges.
+const FIRST_PORT: u16 = 32300;
 
 /// A unix account made for the test and deleted afterwards.
 struct Account {
@@ -108,11 +111,16 @@ fn two_users_leasing_at_once_get_disjoint_ports() -> TestResult {
     std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755))?;
     let claims = shared.path().join("claims");
 
-    let config = "[database]\nenabled = false\n";
+    // Exactly the ports both users need between them: a port leased to
+    // both would leave one of them short.
+    let config = format!(
+        "[database]\nenabled = false\n\n[ports]\nrange = [{FIRST_PORT}, {}]\n",
+        FIRST_PORT + 4 * PER_USER as u16 - 1
+    );
     let mine = GitRepo::new()?;
     let theirs = GitRepo::new()?;
     for repo in [&mine, &theirs] {
-        repo.write("isolane.toml", config)?;
+        repo.write("isolane.toml", &config)?;
         repo.commit_all("configure isolane")?;
     }
     let their_base = theirs.path().parent().ok_or("no parent")?;
@@ -201,6 +209,16 @@ fn two_users_leasing_at_once_get_disjoint_ports() -> TestResult {
     // sticky, and each claim belongs to its user.
     let mode = std::fs::metadata(&claims)?.permissions().mode();
     assert_eq!(mode & 0o1777, 0o1777);
+    let mine = claims.join(ports[0].first().ok_or("no port")?.to_string());
+    let deleted = Command::new("rm")
+        .arg("-f")
+        .arg(&mine)
+        .stderr(std::process::Stdio::null())
+        .uid(other.uid)
+        .gid(other.gid)
+        .status()?;
+    assert!(!deleted.success(), "the other user deleted root's claim");
+    assert!(mine.exists());
 
     // A user pointed at the other's state directory is refused at once,
     // before anything is recorded.
