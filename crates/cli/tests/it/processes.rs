@@ -321,6 +321,29 @@ fn a_stopped_run_leaves_no_descendant_of_the_command() -> TestResult {
             assert!(!alive(pid), "{signal}: descendant {pid} outlived the run");
         }
     }
+    // A command that ignores the stop signal gets KILL after the grace
+    // period: the run ends, and takes it along.
+    let _ = std::fs::remove_file(&a);
+    let mut run = KillOnDrop(
+        isolane(root)
+            .args(["run", "test-tree-stop", "--", "sh", "-c"])
+            .arg(format!(
+                "trap '' TERM INT; echo $$ > {}; sleep 600",
+                a.display()
+            ))
+            .stdin(Stdio::null())
+            .spawn()?,
+    );
+    wait_files(&[&a], "the stubborn command")?;
+    let stubborn = read_pid(&a)?;
+    kill(Pid::from_raw(i32::try_from(run.0.id())?), Signal::SIGTERM)?;
+    let status = wait_end(&mut run.0)?;
+    assert!(!status.success(), "{status}");
+    assert!(
+        !alive(stubborn),
+        "the command that ignored TERM outlived the run"
+    );
+
     // A command that ends normally takes its leftovers with it too.
     ok(
         root,
