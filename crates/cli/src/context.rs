@@ -162,6 +162,10 @@ pub(crate) fn open_server(config: &Config, url: Option<&str>) -> Result<pg_isola
             .map(str::to_owned)
             .or_else(|| config.database.url.clone()),
         prefix: config.database.prefix.clone(),
+        template_budget: pg_isolate::TemplateBudget {
+            max_templates: config.database.template_budget,
+            max_bytes: config.database.template_budget_mb.saturating_mul(1 << 20),
+        },
         ..pg_isolate::ServerOptions::default()
     };
     let server = pg_isolate::Server::connect(options)?;

@@ -105,6 +105,7 @@ pub use migrate::{
 };
 // -- end migrations --
 
+mod birth;
 mod databases;
 mod embedded;
 mod error;
@@ -120,7 +121,7 @@ mod url;
 pub use databases::{CreateOptions, DatabaseInfo};
 pub use embedded::{EmbeddedOptions, Recovery};
 pub use error::{Error, SetupError};
-pub use gc::{GcEntry, GcOptions, GcReason, GcReport};
+pub use gc::{GcEntry, GcOptions, GcReason, GcReport, TemplateBudget};
 pub use owner::{DatabaseKind, OwnerRecord};
 pub use pool::{Pool, PoolOptions};
 pub use server::{CloneStrategy, Server, ServerOptions, URL_ENV};

@@ -159,6 +159,10 @@ pub(super) fn run(fix: bool, json: bool) -> Result<ExitCode> {
             .filter_map(|e| e.database.as_deref())
             .collect();
         for database in server.list_databases()? {
+            if database.owner.is_none() && database.name.starts_with(server.prefix()) {
+                findings.extend(unrecorded(&server, &database, fix));
+                continue;
+            }
             let Some(id) = repo.worktree_of_database(&server, &database) else {
                 continue;
             };
@@ -186,14 +190,23 @@ pub(super) fn run(fix: bool, json: bool) -> Result<ExitCode> {
         }
     }
 
-    let unresolved = findings.iter().filter(|f| !f.fixed).count();
+    // A database isolane did not make is shown, but it is not isolane's to
+    // repair, so it does not fail the check.
+    let unresolved = findings
+        .iter()
+        .filter(|f| !f.fixed && f.kind != FOREIGN_DATABASE)
+        .count();
     if json {
         print_json(&findings)?;
     } else if findings.is_empty() {
         println!("doctor: registry, worktrees, ports and databases agree");
     } else {
         for f in &findings {
-            let mark = if f.fixed { "fixed" } else { "found" };
+            let mark = match (f.fixed, f.kind) {
+                (true, _) => "fixed",
+                (false, FOREIGN_DATABASE) => "note",
+                (false, _) => "found",
+            };
             println!("{mark}: {} {}: {}", f.kind, f.subject, f.detail);
         }
         println!(
@@ -210,6 +223,44 @@ pub(super) fn run(fix: bool, json: bool) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The kind of finding that only informs: a database under the prefix that
+/// isolane did not make.
+const FOREIGN_DATABASE: &str = "database-without-record";
+
+/// A database under the prefix without an owner record: one left under its
+/// birth name by an interrupted create (dropped on `--fix`), or one that
+/// pg-isolate did not make (only reported: isolane never drops it). `None`
+/// for a create still running.
+fn unrecorded(
+    server: &pg_isolate::Server,
+    database: &pg_isolate::DatabaseInfo,
+    fix: bool,
+) -> Option<Finding> {
+    let name = database.name.as_str();
+    match database.interrupted_create() {
+        Some(false) => None,
+        Some(true) => Some(repair(
+            fix,
+            "interrupted-database-create",
+            name,
+            "created by a process that is gone before its owner record was written; \
+             --fix drops it"
+                .to_owned(),
+            || Ok(server.drop_interrupted_create(name)?),
+        )),
+        None => Some(Finding {
+            kind: FOREIGN_DATABASE,
+            subject: name.to_owned(),
+            detail: format!(
+                "under the prefix {:?} but without a pg-isolate owner record: not made by \
+                 isolane, so it is left alone (drop or rename it yourself)",
+                server.prefix()
+            ),
+            fixed: false,
+        }),
+    }
 }
 
 /// Whether what a check found unaccounted for (`unaccounted` of a registry

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use serde::Serialize;
 
+use super::database_gc::server_gc;
 use super::info::statuses;
 use super::remove::{Teardown, abandoned, teardown};
 use super::{age, print_json, progress};
@@ -24,6 +25,9 @@ struct Report {
     skipped: Vec<Skipped>,
     /// Port leases of dead processes freed (host-wide).
     reclaimed_ports: Vec<u16>,
+    /// Databases pg-isolate's gc dropped (or would drop): half-created
+    /// ones, test databases of dead processes, unused templates, ...
+    dropped_databases: Vec<String>,
     /// Operations that failed (the rest went on).
     errors: Vec<String>,
     dry_run: bool,
@@ -120,6 +124,11 @@ pub(super) fn run(args: &GcArgs) -> Result<ExitCode> {
             report.reclaimed_ports.extend(reclaimed.ports.values());
         }
     }
+    if repo.config.database.enabled {
+        let server = repo.server()?;
+        let rows = server_gc(&server, args.dry_run)?;
+        report.dropped_databases = rows.dropped.into_iter().map(|r| r.name).collect();
+    }
 
     if args.json {
         print_json(&report)?;
@@ -137,6 +146,14 @@ pub(super) fn run(args: &GcArgs) -> Result<ExitCode> {
         }
         for skipped in &report.skipped {
             println!("kept: {} ({})", skipped.id, skipped.reason);
+        }
+        let dropped = if args.dry_run {
+            "would drop database"
+        } else {
+            "dropped database"
+        };
+        for name in &report.dropped_databases {
+            println!("{dropped}: {name}");
         }
         if !report.reclaimed_ports.is_empty() {
             println!("reclaimed ports: {:?}", report.reclaimed_ports);

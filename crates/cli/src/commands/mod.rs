@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::cli::{Cli, Command};
 
 mod create;
+mod database_gc;
 mod db;
 mod doctor;
 mod gc;

@@ -6,10 +6,12 @@ use test_support::TestResult;
 
 use crate::{database_names, isolane, json, leases, ok, repo_with_config};
 
-const CREATE_STEPS: [&str; 5] = [
+const CREATE_STEPS: [&str; 6] = [
     "create.after_intent",
     "create.after_worktree",
     "create.after_ports",
+    // pg-isolate's: the database exists, its owner record does not yet.
+    "pg_isolate.create.after_create",
     "create.after_database",
     "create.during_hooks",
 ];
