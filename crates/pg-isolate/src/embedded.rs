@@ -722,7 +722,7 @@ fn choose_port(dir: &Path) -> Result<u16, Error> {
     match remembered_port(dir) {
         Some(port) if port_free(port) => Ok(port),
         Some(taken) => {
-            let port = free_port()?;
+            let port = free_port(dir)?;
             tracing::warn!(
                 taken,
                 port,
@@ -731,11 +731,35 @@ fn choose_port(dir: &Path) -> Result<u16, Error> {
             );
             Ok(port)
         }
-        None => free_port(),
+        None => free_port(dir),
     }
 }
 
-fn free_port() -> Result<u16, Error> {
+/// Where a new embedded server's port is chosen: below the range port-alloc
+/// leases from by default (20000-29999), and below the kernel's ephemeral
+/// range (from which outgoing connections take their local ports, which
+/// could otherwise hold the port while the server is stopped).
+const SERVER_PORTS: std::ops::Range<u16> = 17000..20000;
+
+/// A free port for a new server: in [`SERVER_PORTS`] outside the kernel's
+/// ephemeral range, starting at a place derived from the cluster directory
+/// (so clusters spread out, and one cluster tends to get the same port
+/// back); one from the kernel only when all of those are taken.
+fn free_port(dir: &Path) -> Result<u16, Error> {
+    let ephemeral = port_alloc::ephemeral_range();
+    let span = SERVER_PORTS.end - SERVER_PORTS.start;
+    let seed = dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(*b)));
+    let start = u16::try_from(seed % u32::from(span)).unwrap_or(0);
+    let found = (0..span)
+        .map(|i| SERVER_PORTS.start + (start + i) % span)
+        .find(|port| !ephemeral.contains(port) && port_free(*port));
+    if let Some(port) = found {
+        return Ok(port);
+    }
     let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
         .map_err(|e| Error::io("finding a free port on", "127.0.0.1", e))?;
     listener
