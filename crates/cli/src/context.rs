@@ -27,6 +27,10 @@ pub(crate) struct Repo {
     /// lease owners and database labels start with. Ids are unique within
     /// a repository only; this makes them unique on the host.
     pub(crate) owner_prefix: String,
+    /// The git common dir: recorded in the owner record of every database
+    /// this repository creates, so that one left by a repository deleted
+    /// without `isolane remove` can be told and reclaimed.
+    pub(crate) common_dir: PathBuf,
 }
 
 impl Repo {
@@ -59,6 +63,7 @@ impl Repo {
             registry,
             worktrees,
             owner_prefix: format!("isolane-{hash}-"),
+            common_dir: paths.common_dir.clone(),
         })
     }
 

@@ -17,6 +17,8 @@ pub struct CreateOptions<'a> {
     pub label: Option<&'a str>,
     /// Overrides [`crate::ServerOptions::clone_strategy`] for this clone.
     pub strategy: Option<CloneStrategy>,
+    /// Recorded as [`OwnerRecord::owner_path`]: a path the owner lives in.
+    pub owner_path: Option<&'a std::path::Path>,
 }
 
 impl<'a> CreateOptions<'a> {
@@ -96,7 +98,8 @@ impl Server {
     /// name. Fails with [`Error::DatabaseExists`] if it exists.
     pub fn create_database(&self, name: &str, options: CreateOptions<'_>) -> Result<String, Error> {
         let name = self.database_name(name)?;
-        let record = OwnerRecord::new(options.kind, options.label);
+        let mut record = OwnerRecord::new(options.kind, options.label);
+        record.owner_path = options.owner_path.map(std::path::Path::to_owned);
         self.create_with_record(&name, options.template, options.strategy, &record)?;
         Ok(name)
     }
@@ -242,21 +245,24 @@ impl Server {
 
     /// Drops database `name` if it exists (it must be ours) and creates it
     /// afresh, from `template` when given: the "clean database before each
-    /// run" step. Keeps the label of the old owner record. Returns the full
+    /// run" step. Keeps the label and owner path of the old owner record. Returns the full
     /// name.
     pub fn reset_database(&self, name: &str, template: Option<&str>) -> Result<String, Error> {
         let name = self.database_name(name)?;
         let mut label = None;
         let mut kind = DatabaseKind::Named;
+        let mut owner_path = None;
         if let Some(info) = self.database_info(&name)? {
             let Some(owner) = info.owner else {
                 return Err(Error::NotOwned { database: name });
             };
             label = owner.label;
             kind = owner.kind;
+            owner_path = owner.owner_path;
             self.drop_owned(&name, info.is_template)?;
         }
-        let record = OwnerRecord::new(kind, label.as_deref());
+        let mut record = OwnerRecord::new(kind, label.as_deref());
+        record.owner_path = owner_path;
         self.create_with_record(&name, template, None, &record)?;
         Ok(name)
     }

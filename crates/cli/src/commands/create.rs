@@ -9,6 +9,7 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
+use super::database_gc::of_gone_repository;
 use super::remove::{Teardown, teardown};
 use super::{InputError, print_json, progress};
 use crate::cli::CreateArgs;
@@ -176,10 +177,28 @@ fn build(
         let options = pg_isolate::CreateOptions {
             template: template.as_ref().map(pg_isolate::Template::name),
             label: Some(&owner),
+            owner_path: Some(&repo.common_dir),
             ..pg_isolate::CreateOptions::default()
         };
         progress(format_args!("creating database {name}"));
-        server.create_database(&name, options)?;
+        match server.create_database(&name, options.clone()) {
+            Err(pg_isolate::Error::DatabaseExists { .. })
+                if server
+                    .list_databases()?
+                    .iter()
+                    .any(|db| db.name == name && of_gone_repository(db)) =>
+            {
+                progress(format_args!(
+                    "database {name} belongs to a repository that no longer exists on this \
+                     host; taking it over"
+                ));
+                server.drop_database(&name)?;
+                server.create_database(&name, options)?;
+            }
+            created => {
+                created?;
+            }
+        }
         // Recorded only once it is ours: a name taken by someone else
         // (DatabaseExists) must never reach the rollback's drop. A crash
         // right here leaves a database labelled with our owner name and no

@@ -42,3 +42,38 @@ pub(super) fn server_gc(server: &pg_isolate::Server, dry_run: bool) -> Result<Gc
         dry_run,
     })
 }
+
+/// Whether `database` is a worktree database isolane created for a
+/// repository that no longer exists on this host (deleted without
+/// `isolane remove`, as CI does with its workspace): a named database with
+/// an isolane label whose recorded repository (git common dir) is gone.
+pub(super) fn of_gone_repository(database: &pg_isolate::DatabaseInfo) -> bool {
+    database.owner.as_ref().is_some_and(|owner| {
+        owner.kind == pg_isolate::DatabaseKind::Named
+            && owner
+                .label
+                .as_deref()
+                .is_some_and(|label| label.starts_with("isolane-"))
+            && owner.owner_path_gone()
+    })
+}
+
+/// Drops every database of a repository that is gone
+/// ([`of_gone_repository`]); returns the names (of those it would drop, on
+/// a dry run).
+pub(super) fn reclaim_gone_repositories(
+    server: &pg_isolate::Server,
+    dry_run: bool,
+) -> Result<Vec<String>> {
+    let mut dropped = Vec::new();
+    for database in server.list_databases()? {
+        if !of_gone_repository(&database) {
+            continue;
+        }
+        if !dry_run {
+            server.drop_database(&database.name)?;
+        }
+        dropped.push(database.name);
+    }
+    Ok(dropped)
+}

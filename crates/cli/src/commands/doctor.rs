@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use serde::Serialize;
 
+use super::database_gc::of_gone_repository;
 use super::remove::{Teardown, abandoned, teardown, unchanged};
 use super::{print_json, progress};
 use crate::context::Repo;
@@ -161,6 +162,23 @@ pub(super) fn run(fix: bool, json: bool) -> Result<ExitCode> {
         for database in server.list_databases()? {
             if database.owner.is_none() && database.name.starts_with(server.prefix()) {
                 findings.extend(unrecorded(&server, &database, fix));
+                continue;
+            }
+            if of_gone_repository(&database) {
+                let name = database.name.as_str();
+                let repository = database
+                    .owner
+                    .as_ref()
+                    .and_then(|o| o.owner_path.as_deref())
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                findings.push(repair(
+                    fix,
+                    "database-of-gone-repository",
+                    name,
+                    format!("its repository {repository} no longer exists; --fix drops it"),
+                    || Ok(server.drop_database(name)?),
+                ));
                 continue;
             }
             let Some(id) = repo.worktree_of_database(&server, &database) else {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::database_gc::server_gc;
+use super::database_gc::{reclaim_gone_repositories, server_gc};
 use super::info::statuses;
 use super::remove::{Teardown, abandoned, teardown};
 use super::{age, print_json, progress};
@@ -128,6 +128,9 @@ pub(super) fn run(args: &GcArgs) -> Result<ExitCode> {
         let server = repo.server()?;
         let rows = server_gc(&server, args.dry_run)?;
         report.dropped_databases = rows.dropped.into_iter().map(|r| r.name).collect();
+        report
+            .dropped_databases
+            .extend(reclaim_gone_repositories(&server, args.dry_run)?);
     }
 
     if args.json {

@@ -315,3 +315,62 @@ fn a_database_name_taken_by_another_repository_is_never_dropped() -> TestResult 
     ok(first.path(), &["remove", "test-same-name"])?;
     Ok(())
 }
+
+#[test]
+fn databases_of_a_deleted_repository_are_reclaimed_or_taken_over() -> TestResult {
+    let purpose = format!("test-gone{}", std::process::id());
+    let db = |identifier: &str| format!("testdb_{}_{identifier}", purpose.replace('-', "_"));
+    let config = "[ports]\nnames = [\"GONE_PORT\"]\n";
+    let gone = repo_with_config(config)?;
+    for identifier in ["taken", "reclaimed"] {
+        ok(
+            gone.path(),
+            &["create", "--purpose", &purpose, "--identifier", identifier],
+        )?;
+    }
+    // Leases of a deleted repository are not reclaimed yet: give them
+    // back, so the shared lease document does not fill up.
+    for identifier in ["taken", "reclaimed"] {
+        ok(
+            gone.path(),
+            &["ports", "release", &format!("{purpose}-{identifier}")],
+        )?;
+    }
+    // CI deletes its workspace without `isolane remove`.
+    std::fs::remove_dir_all(gone.path())?;
+
+    let fresh = repo_with_config(config)?;
+    let root = fresh.path();
+    let doctor = output(root, &["doctor", "--json"])?;
+    let findings: serde_json::Value = serde_json::from_slice(&doctor.stdout)?;
+    for identifier in ["taken", "reclaimed"] {
+        assert!(
+            findings.as_array().is_some_and(|all| all.iter().any(|f| {
+                f["kind"] == "database-of-gone-repository" && f["subject"] == db(identifier)
+            })),
+            "{findings:#}"
+        );
+    }
+    // A create of the same id in another clone takes the database over.
+    let taken = output(
+        root,
+        &["create", "--purpose", &purpose, "--identifier", "taken"],
+    )?;
+    let stderr = String::from_utf8_lossy(&taken.stderr);
+    assert!(taken.status.success(), "{stderr}");
+    assert!(stderr.contains("taking it over"), "{stderr}");
+    // gc, run in any repository, reclaims the rest.
+    let gc = json(root, &["gc"])?;
+    assert!(
+        gc["dropped_databases"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|n| *n == db("reclaimed"))),
+        "{gc:#}"
+    );
+    let names = database_names(root)?;
+    assert!(!names.contains(&db("reclaimed")), "{names:?}");
+    assert!(names.contains(&db("taken")), "{names:?}");
+    ok(root, &["remove", &format!("{purpose}-taken")])?;
+    assert!(!database_names(root)?.contains(&db("taken")));
+    Ok(())
+}
