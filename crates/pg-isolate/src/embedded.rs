@@ -655,7 +655,9 @@ fn ensure_data(dir: &Path, bindir: &Path, account: Option<Account>) -> Result<()
 /// It starts the server in the background (so the server is reparented and
 /// outlives the caller), prints its pid, and leaves a detached loop that
 /// counts client connections every `interval` seconds; after `checks`
-/// consecutive idle checks it takes the start lock without waiting (so no
+/// consecutive idle checks (no client connection, and no named database of
+/// pg-isolate's, such as a worktree's, whose URL someone may use at any
+/// moment without a pg-isolate process around) it takes the start lock without waiting (so no
 /// process is attaching), checks once more and shuts the server down
 /// (SIGINT, PostgreSQL's fast shutdown), holding the lock until it is gone.
 const LAUNCHER: &str = r#"
@@ -668,7 +670,8 @@ echo "$pm"
   trap '' HUP INT
   count() {
     "$psql" -X -A -t -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c \
-      "select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()" 2>/dev/null || echo busy
+      "select (select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid())
+        + (select count(*) from pg_database where shobj_description(oid, 'pg_database') like '{\"tool\":\"pg-isolate\",\"kind\":\"named\"%')" 2>/dev/null || echo busy
   }
   idle=0
   while sleep "$interval"; do

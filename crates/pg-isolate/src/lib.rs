@@ -68,7 +68,9 @@
 //! event). It runs detached (its own process group,
 //! reparented away from the starting process) and stops itself after
 //! [`EmbeddedOptions::idle_timeout`] (default five minutes) without any
-//! client connection: a small `sh` watchdog started beside it counts client
+//! client connection, but never while a named database
+//! ([`Server::create_database`], a worktree's) exists, since its URL may be
+//! used at any moment by a program that knows nothing of pg-isolate: a small `sh` watchdog started beside it counts client
 //! connections with `psql` and shuts the server down under the start lock.
 //! [`Server::stop_embedded`] stops it explicitly. Starting is serialised by
 //! a file lock in the cluster directory; a server that was killed is

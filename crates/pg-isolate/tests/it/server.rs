@@ -295,6 +295,29 @@ fn idle_server_stops_itself() -> TestResult {
 }
 
 #[test]
+fn a_named_database_keeps_the_idle_server_up() -> TestResult {
+    let mut cluster = PrivateCluster::new()?;
+    cluster.options.embedded.idle_timeout = Duration::from_millis(600);
+    let server = cluster.connect()?;
+    let pid = server.embedded_pid().ok_or("embedded")?;
+    let named = server.create_database("worktree_db", pg_isolate::CreateOptions::default())?;
+    let url = server.url(&named);
+    drop(server);
+    // No client for many idle periods: a worktree's URL must keep working.
+    std::thread::sleep(Duration::from_millis(3000));
+    assert!(alive(pid), "stopped while a named database exists");
+    let mut client = postgres::Client::connect(&url, postgres::NoTls)?;
+    assert_eq!(client.query_one("SELECT 1", &[])?.get::<_, i32>(0), 1);
+    drop(client);
+    // Once it is gone, the server stops when idle again.
+    cluster.connect()?.drop_database(&named)?;
+    eventually("the idle server to stop", Duration::from_secs(60), || {
+        Ok(!alive(pid))
+    })?;
+    Ok(())
+}
+
+#[test]
 fn concurrent_starters_start_exactly_one_server() -> TestResult {
     if let Some(args) = child::args() {
         let options = PrivateCluster::options_for(std::path::Path::new(&args[0]));
