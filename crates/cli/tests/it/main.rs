@@ -20,12 +20,27 @@ pub(crate) fn state_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("isolane-cli-state")
 }
 
+/// The embedded PostgreSQL cluster of this suite: never the host's
+/// default one.
+pub(crate) fn cluster_dir() -> PathBuf {
+    test_support::suite_cluster_dir(env!("CARGO_TARGET_TMPDIR"), "isolane-cli")
+        .expect("/var/tmp takes the suite's cluster directory")
+}
+
+/// The server options every command of this suite uses.
+pub(crate) fn server_options() -> pg_isolate::ServerOptions {
+    let mut options = pg_isolate::ServerOptions::default();
+    options.embedded.cache_dir = Some(cluster_dir());
+    options
+}
+
 /// An `isolane` command run in `dir`.
 pub(crate) fn isolane(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_isolane"));
     command
         .current_dir(dir)
         .env("ISOLANE_STATE_DIR", state_dir())
+        .env("PG_ISOLATE_CACHE_DIR", cluster_dir())
         .env_remove("ISOLANE_FAULT")
         .env_remove("PG_ISOLATE_URL")
         .env("GIT_CONFIG_NOSYSTEM", "1")

@@ -17,6 +17,16 @@ fn select_one(server: &Server) -> TestResult<i32> {
 
 #[test]
 fn processes_attach_to_one_shared_server() -> TestResult {
+    if child::args().is_some() {
+        let process_wide = Server::shared()?;
+        assert_eq!(Server::shared()?.url("x"), process_wide.url("x"));
+        assert_eq!(
+            Server::shared()?.embedded_pid(),
+            process_wide.embedded_pid()
+        );
+        emit("URL", process_wide.url("x"));
+        return Ok(());
+    }
     let first = shared()?;
     let second = shared()?;
     assert_eq!(first.url("postgres"), second.url("postgres"));
@@ -24,10 +34,26 @@ fn processes_attach_to_one_shared_server() -> TestResult {
     assert!(first.embedded_pid().is_some_and(alive));
     assert!(first.major_version() >= 10);
     assert_eq!(select_one(&second)?, 1);
-    let process_wide = Server::shared()?;
-    assert_eq!(process_wide.url("x"), first.url("x"));
-    assert_eq!(Server::shared()?.url("x"), first.url("x"));
+    // `Server::shared()` (default options, so the suite's cluster is given
+    // by PG_ISOLATE_CACHE_DIR) is one handle per process, on that server.
+    let mut command = child::command("server::processes_attach_to_one_shared_server", &[])?;
+    let dir = suite_dir()?;
+    command.env("PG_ISOLATE_CACHE_DIR", &dir);
+    let stdout = child::wait_success(
+        command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?,
+    )?;
+    assert_eq!(values(&stdout, "URL"), [first.url("x")], "{stdout}");
     Ok(())
+}
+
+fn suite_dir() -> TestResult<PathBuf> {
+    crate::suite_options()?
+        .embedded
+        .cache_dir
+        .ok_or_else(|| "the suite names its cluster".into())
 }
 
 #[test]
