@@ -133,8 +133,60 @@ impl Repo {
     }
 
     /// The database server: configured URL, `PG_ISOLATE_URL`, or embedded.
+    /// Worktree files holding a URL it no longer answers on are rewritten
+    /// ([`Repo::refresh_urls`]).
     pub(crate) fn server(&self) -> Result<pg_isolate::Server> {
-        open_server(&self.config, None)
+        let server = open_server(&self.config, None)?;
+        self.refresh_urls(&server);
+        Ok(server)
+    }
+
+    /// When the server moved (the embedded server's port was taken by
+    /// another program at a start), the `DATABASE_URL` written into this
+    /// repository's worktrees is stale: rewrites `.env.test` and the
+    /// metadata file of every ready worktree whose URL differs, and says
+    /// so. A failure is said, not fatal (the command itself may still work).
+    fn refresh_urls(&self, server: &pg_isolate::Server) {
+        let Ok(doc) = self.registry.read() else {
+            return;
+        };
+        let config = &self.config;
+        for entry in doc.entries.values() {
+            let Some(database) = entry.database.as_deref() else {
+                continue;
+            };
+            if entry.phase != state::Phase::Ready || self.check_path(entry).is_err() {
+                continue;
+            }
+            let url = server.url(database);
+            let Ok(text) = std::fs::read_to_string(entry.path.join(&config.env_file)) else {
+                continue;
+            };
+            let written = text.lines().find_map(|l| l.strip_prefix("DATABASE_URL="));
+            if written.is_none_or(|written| written == url) {
+                continue;
+            }
+            let rewritten = crate::envfile::write_files(
+                &entry.path,
+                &config.env_file,
+                &config.metadata_file,
+                entry,
+                Some(&url),
+            );
+            match rewritten {
+                Ok(()) => crate::commands::progress(format_args!(
+                    "the database server moved to {}; rewrote {} and {} of {}",
+                    server.redacted_url(),
+                    config.env_file,
+                    config.metadata_file,
+                    entry.id
+                )),
+                Err(error) => crate::commands::progress(format_args!(
+                    "the database server moved, but {} of {} could not be rewritten: {error}",
+                    config.env_file, entry.id
+                )),
+            }
+        }
     }
 
     /// The configured migrations, if any (relative to the repository root).

@@ -318,6 +318,41 @@ fn a_database_name_taken_by_another_repository_is_never_dropped() -> TestResult 
 
 #[test]
 fn databases_of_a_deleted_repository_are_reclaimed_or_taken_over() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    // A cluster of its own: every `gc` and `doctor --fix` of the other tests
+    // reclaims a deleted repository's databases too, whichever repository
+    // it runs in.
+    let cache = tempfile::Builder::new()
+        .prefix("isolane-cli-gone-")
+        .tempdir_in("/var/tmp")?;
+    std::fs::set_permissions(cache.path(), std::fs::Permissions::from_mode(0o755))?;
+    let embedded = pg_isolate::EmbeddedOptions {
+        cache_dir: Some(cache.path().to_owned()),
+        ..pg_isolate::EmbeddedOptions::default()
+    };
+    let _stop = crate::crashes::StopOnDrop(embedded);
+    let cli = |dir: &Path, args: &[&str]| -> TestResult<std::process::Output> {
+        Ok(isolane(dir)
+            .env("PG_ISOLATE_CACHE_DIR", cache.path())
+            .args(args)
+            .output()?)
+    };
+    let ok = |dir: &Path, args: &[&str]| -> TestResult<String> {
+        let out = cli(dir, args)?;
+        if !out.status.success() {
+            return Err(format!("isolane {args:?} failed: {out:?}").into());
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let names = |dir: &Path| -> TestResult<Vec<String>> {
+        let rows: serde_json::Value = serde_json::from_str(&ok(dir, &["db", "list", "--json"])?)?;
+        Ok(rows
+            .as_array()
+            .ok_or("db list --json is not an array")?
+            .iter()
+            .filter_map(|row| row["name"].as_str().map(str::to_owned))
+            .collect())
+    };
     let purpose = format!("test-gone{}", std::process::id());
     let db = |identifier: &str| format!("testdb_{}_{identifier}", purpose.replace('-', "_"));
     let config = "[ports]\nnames = [\"GONE_PORT\"]\n";
@@ -341,7 +376,7 @@ fn databases_of_a_deleted_repository_are_reclaimed_or_taken_over() -> TestResult
 
     let fresh = repo_with_config(config)?;
     let root = fresh.path();
-    let doctor = output(root, &["doctor", "--json"])?;
+    let doctor = cli(root, &["doctor", "--json"])?;
     let findings: serde_json::Value = serde_json::from_slice(&doctor.stdout)?;
     for identifier in ["taken", "reclaimed"] {
         assert!(
@@ -352,7 +387,7 @@ fn databases_of_a_deleted_repository_are_reclaimed_or_taken_over() -> TestResult
         );
     }
     // A create of the same id in another clone takes the database over.
-    let taken = output(
+    let taken = cli(
         root,
         &["create", "--purpose", &purpose, "--identifier", "taken"],
     )?;
@@ -360,17 +395,17 @@ fn databases_of_a_deleted_repository_are_reclaimed_or_taken_over() -> TestResult
     assert!(taken.status.success(), "{stderr}");
     assert!(stderr.contains("taking it over"), "{stderr}");
     // gc, run in any repository, reclaims the rest.
-    let gc = json(root, &["gc"])?;
+    let gc: serde_json::Value = serde_json::from_str(&ok(root, &["gc", "--json"])?)?;
     assert!(
         gc["dropped_databases"]
             .as_array()
             .is_some_and(|d| d.iter().any(|n| *n == db("reclaimed"))),
         "{gc:#}"
     );
-    let names = database_names(root)?;
-    assert!(!names.contains(&db("reclaimed")), "{names:?}");
-    assert!(names.contains(&db("taken")), "{names:?}");
+    let left = names(root)?;
+    assert!(!left.contains(&db("reclaimed")), "{left:?}");
+    assert!(left.contains(&db("taken")), "{left:?}");
     ok(root, &["remove", &format!("{purpose}-taken")])?;
-    assert!(!database_names(root)?.contains(&db("taken")));
+    assert!(!names(root)?.contains(&db("taken")));
     Ok(())
 }
