@@ -90,13 +90,54 @@ pub(crate) fn listening(port: u16) -> bool {
 
 /// Our databases on the embedded server, by name.
 pub(crate) fn database_names(dir: &Path) -> TestResult<Vec<String>> {
-    let rows = json(dir, &["db", "list"])?;
+    names_in(&json(dir, &["db", "list"])?)
+}
+
+/// The names in the output of `db list --json`.
+pub(crate) fn names_in(rows: &serde_json::Value) -> TestResult<Vec<String>> {
     Ok(rows
         .as_array()
         .ok_or("db list --json is not an array")?
         .iter()
         .filter_map(|row| row["name"].as_str().map(str::to_owned))
         .collect())
+}
+
+/// An embedded cluster of one test's own, stopped when dropped: for tests
+/// that stop, kill or reclaim things, which must not disturb the suite's
+/// shared cluster (nor be disturbed by the other tests' `gc`).
+pub(crate) struct OwnCluster {
+    dir: tempfile::TempDir,
+    pub(crate) embedded: pg_isolate::EmbeddedOptions,
+}
+
+impl OwnCluster {
+    pub(crate) fn new(label: &str) -> TestResult<Self> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("isolane-cli-{label}-"))
+            .tempdir_in("/var/tmp")?;
+        // As root the server runs as `postgres`, which must reach the cluster.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let embedded = pg_isolate::EmbeddedOptions {
+            cache_dir: Some(dir.path().to_owned()),
+            ..pg_isolate::EmbeddedOptions::default()
+        };
+        Ok(Self { dir, embedded })
+    }
+
+    /// `isolane` run in `dir`, on this cluster.
+    pub(crate) fn isolane(&self, dir: &Path) -> Command {
+        let mut command = isolane(dir);
+        command.env("PG_ISOLATE_CACHE_DIR", self.dir.path());
+        command
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = pg_isolate::Server::stop_embedded(&self.embedded);
+    }
 }
 
 /// The host-wide port leases, as `(owner, ports)`.

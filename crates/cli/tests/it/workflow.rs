@@ -318,25 +318,11 @@ fn a_database_name_taken_by_another_repository_is_never_dropped() -> TestResult 
 
 #[test]
 fn databases_of_a_deleted_repository_are_reclaimed_or_taken_over() -> TestResult {
-    use std::os::unix::fs::PermissionsExt;
     // A cluster of its own: every `gc` and `doctor --fix` of the other tests
     // reclaims a deleted repository's databases too, whichever repository
     // it runs in.
-    let cache = tempfile::Builder::new()
-        .prefix("isolane-cli-gone-")
-        .tempdir_in("/var/tmp")?;
-    std::fs::set_permissions(cache.path(), std::fs::Permissions::from_mode(0o755))?;
-    let embedded = pg_isolate::EmbeddedOptions {
-        cache_dir: Some(cache.path().to_owned()),
-        ..pg_isolate::EmbeddedOptions::default()
-    };
-    let _stop = crate::crashes::StopOnDrop(embedded);
-    let cli = |dir: &Path, args: &[&str]| -> TestResult<std::process::Output> {
-        Ok(isolane(dir)
-            .env("PG_ISOLATE_CACHE_DIR", cache.path())
-            .args(args)
-            .output()?)
-    };
+    let cluster = crate::OwnCluster::new("gone")?;
+    let cli = |dir: &Path, args: &[&str]| cluster.isolane(dir).args(args).output();
     let ok = |dir: &Path, args: &[&str]| -> TestResult<String> {
         let out = cli(dir, args)?;
         if !out.status.success() {
@@ -345,13 +331,7 @@ fn databases_of_a_deleted_repository_are_reclaimed_or_taken_over() -> TestResult
         Ok(String::from_utf8(out.stdout)?)
     };
     let names = |dir: &Path| -> TestResult<Vec<String>> {
-        let rows: serde_json::Value = serde_json::from_str(&ok(dir, &["db", "list", "--json"])?)?;
-        Ok(rows
-            .as_array()
-            .ok_or("db list --json is not an array")?
-            .iter()
-            .filter_map(|row| row["name"].as_str().map(str::to_owned))
-            .collect())
+        crate::names_in(&serde_json::from_str(&ok(dir, &["db", "list", "--json"])?)?)
     };
     let purpose = format!("test-gone{}", std::process::id());
     let db = |identifier: &str| format!("testdb_{}_{identifier}", purpose.replace('-', "_"));
