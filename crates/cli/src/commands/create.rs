@@ -9,7 +9,7 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
-use super::database_gc::of_gone_repository;
+use super::database_gc::{of_gone_repository, take_back};
 use super::remove::{Teardown, teardown};
 use super::{InputError, print_json, progress};
 use crate::cli::CreateArgs;
@@ -182,17 +182,19 @@ fn build(
         };
         progress(format_args!("creating database {name}"));
         match server.create_database(&name, options.clone()) {
-            Err(pg_isolate::Error::DatabaseExists { .. })
-                if server
+            Err(pg_isolate::Error::DatabaseExists { .. }) => {
+                let gone = server
                     .list_databases()?
-                    .iter()
-                    .any(|db| db.name == name && of_gone_repository(db)) =>
-            {
+                    .into_iter()
+                    .find(|db| db.name == name && of_gone_repository(db))
+                    .ok_or_else(|| pg_isolate::Error::DatabaseExists {
+                        database: name.clone(),
+                    })?;
                 progress(format_args!(
                     "database {name} belongs to a repository that no longer exists on this \
                      host; taking it over"
                 ));
-                server.drop_database(&name)?;
+                take_back(&server, &repo.ports()?, &gone)?;
                 server.create_database(&name, options)?;
             }
             created => {

@@ -58,22 +58,40 @@ pub(super) fn of_gone_repository(database: &pg_isolate::DatabaseInfo) -> bool {
     })
 }
 
-/// Drops every database of a repository that is gone
-/// ([`of_gone_repository`]); returns the names (of those it would drop, on
-/// a dry run).
+/// Takes back what a deleted repository's worktree held, given its
+/// database ([`of_gone_repository`]): drops the database, then releases the
+/// port lease of the same owner (the database's label is the lease owner).
+/// Returns the ports released.
+pub(super) fn take_back(
+    server: &pg_isolate::Server,
+    ports: &port_alloc::PortAllocator,
+    database: &pg_isolate::DatabaseInfo,
+) -> Result<Vec<u16>> {
+    server.drop_database(&database.name)?;
+    let owner = database.owner.as_ref().and_then(|o| o.label.as_deref());
+    Ok(match owner {
+        Some(owner) => ports.release_owner(owner)?,
+        None => Vec::new(),
+    })
+}
+
+/// Takes back the databases and leases of every repository that is gone
+/// ([`take_back`]); returns the database names and the ports (those it
+/// would drop, on a dry run, and no ports).
 pub(super) fn reclaim_gone_repositories(
     server: &pg_isolate::Server,
+    ports: &port_alloc::PortAllocator,
     dry_run: bool,
-) -> Result<Vec<String>> {
-    let mut dropped = Vec::new();
+) -> Result<(Vec<String>, Vec<u16>)> {
+    let (mut dropped, mut released) = (Vec::new(), Vec::new());
     for database in server.list_databases()? {
         if !of_gone_repository(&database) {
             continue;
         }
         if !dry_run {
-            server.drop_database(&database.name)?;
+            released.extend(take_back(server, ports, &database)?);
         }
         dropped.push(database.name);
     }
-    Ok(dropped)
+    Ok((dropped, released))
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::database_gc::of_gone_repository;
+use super::database_gc::{of_gone_repository, take_back};
 use super::remove::{Teardown, abandoned, teardown, unchanged};
 use super::{print_json, progress};
 use crate::context::Repo;
@@ -176,8 +176,11 @@ pub(super) fn run(fix: bool, json: bool) -> Result<ExitCode> {
                     fix,
                     "database-of-gone-repository",
                     name,
-                    format!("its repository {repository} no longer exists; --fix drops it"),
-                    || Ok(server.drop_database(name)?),
+                    format!(
+                        "its repository {repository} no longer exists; --fix drops it and \
+                         releases its ports"
+                    ),
+                    || take_back(&server, &ports, &database).map(drop),
                 ));
                 continue;
             }

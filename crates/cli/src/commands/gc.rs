@@ -128,9 +128,9 @@ pub(super) fn run(args: &GcArgs) -> Result<ExitCode> {
         let server = repo.server()?;
         let rows = server_gc(&server, args.dry_run)?;
         report.dropped_databases = rows.dropped.into_iter().map(|r| r.name).collect();
-        report
-            .dropped_databases
-            .extend(reclaim_gone_repositories(&server, args.dry_run)?);
+        let (dropped, released) = reclaim_gone_repositories(&server, &repo.ports()?, args.dry_run)?;
+        report.dropped_databases.extend(dropped);
+        report.reclaimed_ports.extend(released);
     }
 
     if args.json {

@@ -343,14 +343,6 @@ fn databases_of_a_deleted_repository_are_reclaimed_or_taken_over() -> TestResult
             &["create", "--purpose", &purpose, "--identifier", identifier],
         )?;
     }
-    // Leases of a deleted repository are not reclaimed yet: give them
-    // back, so the shared lease document does not fill up.
-    for identifier in ["taken", "reclaimed"] {
-        ok(
-            gone.path(),
-            &["ports", "release", &format!("{purpose}-{identifier}")],
-        )?;
-    }
     // CI deletes its workspace without `isolane remove`.
     std::fs::remove_dir_all(gone.path())?;
 
@@ -385,6 +377,13 @@ fn databases_of_a_deleted_repository_are_reclaimed_or_taken_over() -> TestResult
     let left = names(root)?;
     assert!(!left.contains(&db("reclaimed")), "{left:?}");
     assert!(left.contains(&db("taken")), "{left:?}");
+    // The deleted repository's port leases went with its databases.
+    let owners: Vec<String> = leases(root)?
+        .into_iter()
+        .map(|(owner, _)| owner)
+        .filter(|owner| owner.contains(&purpose))
+        .collect();
+    assert_eq!(owners.len(), 1, "only the new clone's lease: {owners:?}");
     ok(root, &["remove", &format!("{purpose}-taken")])?;
     assert!(!names(root)?.contains(&db("taken")));
     Ok(())
