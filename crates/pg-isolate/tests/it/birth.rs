@@ -408,3 +408,49 @@ fn concurrent_creates_of_one_name_fail_cleanly() -> TestResult {
     assert_eq!(unowned(&server)?, Vec::<String>::new());
     Ok(())
 }
+
+#[test]
+fn clients_killed_at_random_moments_leave_nothing_after_gc() -> TestResult {
+    if let Some(args) = child::args() {
+        let server = child_server(&args[0])?;
+        let template = template(&server, args[1].as_bytes())?;
+        std::fs::write(&args[2], "creating")?;
+        for i in 0.. {
+            let db = template.test_database()?;
+            let options = CreateOptions {
+                kind: pg_isolate::DatabaseKind::Test,
+                ..CreateOptions::from_template(template.name())
+            };
+            server.create_database(&format!("random_kill_{}_{i}", std::process::id()), options)?;
+            drop(db);
+        }
+        return Err("the creating loop should have been killed".into());
+    }
+    let (cluster, server) = cluster_with_foreign()?;
+    let key = String::from_utf8(unique_key("birth_random_client"))?;
+    template(&server, key.as_bytes())?;
+    let before = names(&server)?;
+    let scratch = tempfile::tempdir()?;
+    let kills = 8;
+    for i in 0..kills {
+        let marker = scratch.path().join(format!("creating-{i}"));
+        let mut creator = child::spawn(
+            "birth::clients_killed_at_random_moments_leave_nothing_after_gc",
+            &[
+                cluster.path().display().to_string(),
+                key.clone(),
+                marker.display().to_string(),
+            ],
+        )?;
+        crate::wait_for_file(&marker)?;
+        // Spread over a few creates, at no moment chosen by the code.
+        std::thread::sleep(Duration::from_millis(20 + (i * 53) % 170));
+        kill9(creator.id())?;
+        creator.wait()?;
+    }
+    no_other_activity(&server)?;
+    server.gc(&GcOptions::default())?;
+    assert_eq!(unowned(&server)?, Vec::<String>::new());
+    assert_eq!(names(&server)?, before, "nothing left, nothing else gone");
+    Ok(())
+}
