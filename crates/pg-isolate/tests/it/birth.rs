@@ -94,11 +94,12 @@ fn waiting_create(server: &Server) -> TestResult<i32> {
         Duration::from_secs(60),
         || {
             found = admin
-                .query_opt(
+                .query(
                     "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
                      AND query LIKE 'CREATE DATABASE%'",
                     &[],
                 )?
+                .first()
                 .map(|row| row.get(0));
             Ok(found.is_some())
         },
@@ -128,12 +129,12 @@ fn no_other_activity(server: &Server) -> TestResult {
         Duration::from_secs(60),
         || {
             Ok(admin
-                .query_opt(
+                .query(
                     "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'client backend' \
                      AND state <> 'idle' AND pid <> pg_backend_pid()",
                     &[],
                 )?
-                .is_none())
+                .is_empty())
         },
     )
 }
