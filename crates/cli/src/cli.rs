@@ -237,6 +237,18 @@ pub(crate) enum DbCommand {
         #[arg(long)]
         json: bool,
     },
+    /// pg-isolate's leak cleanup on the server, by hand (it also runs by
+    /// itself, at most once a minute, whenever isolane opens the server):
+    /// half-created databases and test databases of dead processes, orphaned
+    /// pool clones, half-built, unused and over-budget templates.
+    Gc {
+        /// Report what would be dropped without dropping it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Drop databases that carry isolane's owner record.
     Clean {
         /// Only names starting with this.

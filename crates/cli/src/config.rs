@@ -96,6 +96,10 @@ pub(crate) struct Database {
     pub(crate) prefix: String,
     pub(crate) migrations: Option<PathBuf>,
     pub(crate) format: MigrationFormat,
+    /// How many templates to keep on the server (least recently used out).
+    pub(crate) template_budget: usize,
+    /// How much disk (MiB) the kept templates may use together.
+    pub(crate) template_budget_mb: u64,
 }
 
 impl Default for Database {
@@ -106,6 +110,8 @@ impl Default for Database {
             prefix: "testdb_".to_owned(),
             migrations: None,
             format: MigrationFormat::Auto,
+            template_budget: pg_isolate::TemplateBudget::default().max_templates,
+            template_budget_mb: pg_isolate::TemplateBudget::default().max_bytes >> 20,
         }
     }
 }
@@ -486,6 +492,10 @@ enabled = true
 prefix = "testdb_"
 # migrations = "migrations"                        # absent: an empty database
 format = "auto"                                    # auto | diesel | sqlx
+# Templates (one per migrations content) kept on the server: the most
+# recently used, within both limits; gc drops the others.
+template_budget = 8
+template_budget_mb = 4096
 
 # [[services]]
 # name = "app"

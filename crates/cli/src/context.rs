@@ -30,6 +30,10 @@ pub(crate) struct Repo {
     /// lease owners and database labels start with. Ids are unique within
     /// a repository only; this makes them unique on the host.
     pub(crate) owner_prefix: String,
+    /// The git common dir: recorded in the owner record of every database
+    /// this repository creates, so that one left by a repository deleted
+    /// without `isolane remove` can be told and reclaimed.
+    pub(crate) common_dir: PathBuf,
 }
 
 impl Repo {
@@ -63,6 +67,7 @@ impl Repo {
             state_dir: paths.common_dir.join("isolane"),
             worktrees,
             owner_prefix: format!("isolane-{hash}-"),
+            common_dir: paths.common_dir.clone(),
         })
     }
 
@@ -148,8 +153,60 @@ impl Repo {
     }
 
     /// The database server: configured URL, `PG_ISOLATE_URL`, or embedded.
+    /// Worktree files holding a URL it no longer answers on are rewritten
+    /// ([`Repo::refresh_urls`]).
     pub(crate) fn server(&self) -> Result<pg_isolate::Server> {
-        open_server(&self.config, None)
+        let server = open_server(&self.config, None)?;
+        self.refresh_urls(&server);
+        Ok(server)
+    }
+
+    /// When the server moved (the embedded server's port was taken by
+    /// another program at a start), the `DATABASE_URL` written into this
+    /// repository's worktrees is stale: rewrites `.env.test` and the
+    /// metadata file of every ready worktree whose URL differs, and says
+    /// so. A failure is said, not fatal (the command itself may still work).
+    fn refresh_urls(&self, server: &pg_isolate::Server) {
+        let Ok(doc) = self.registry.read() else {
+            return;
+        };
+        let config = &self.config;
+        for entry in doc.entries.values() {
+            let Some(database) = entry.database.as_deref() else {
+                continue;
+            };
+            if entry.phase != state::Phase::Ready || self.check_path(entry).is_err() {
+                continue;
+            }
+            let url = server.url(database);
+            let Ok(text) = std::fs::read_to_string(entry.path.join(&config.env_file)) else {
+                continue;
+            };
+            let written = text.lines().find_map(|l| l.strip_prefix("DATABASE_URL="));
+            if written.is_none_or(|written| written == url) {
+                continue;
+            }
+            let rewritten = crate::envfile::write_files(
+                &entry.path,
+                &config.env_file,
+                &config.metadata_file,
+                entry,
+                Some(&url),
+            );
+            match rewritten {
+                Ok(()) => crate::commands::progress(format_args!(
+                    "the database server moved to {}; rewrote {} and {} of {}",
+                    server.redacted_url(),
+                    config.env_file,
+                    config.metadata_file,
+                    entry.id
+                )),
+                Err(error) => crate::commands::progress(format_args!(
+                    "the database server moved, but {} of {} could not be rewritten: {error}",
+                    config.env_file, entry.id
+                )),
+            }
+        }
     }
 
     /// The configured migrations, if any (relative to the repository root).
@@ -179,6 +236,10 @@ pub(crate) fn open_server(config: &Config, url: Option<&str>) -> Result<pg_isola
             .map(str::to_owned)
             .or_else(|| config.database.url.clone()),
         prefix: config.database.prefix.clone(),
+        template_budget: pg_isolate::TemplateBudget {
+            max_templates: config.database.template_budget,
+            max_bytes: config.database.template_budget_mb.saturating_mul(1 << 20),
+        },
         ..pg_isolate::ServerOptions::default()
     };
     let server = pg_isolate::Server::connect(options)?;

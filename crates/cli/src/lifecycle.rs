@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::commands::{InputError, progress};
 use crate::context::Repo;
+use crate::database_gc::{of_gone_repository, take_back};
 use crate::envfile;
 use crate::state::{Entry, Phase, now};
 
@@ -152,10 +153,30 @@ fn build(
         let options = pg_isolate::CreateOptions {
             template: template.as_ref().map(pg_isolate::Template::name),
             label: Some(&owner),
+            owner_path: Some(&repo.common_dir),
             ..pg_isolate::CreateOptions::default()
         };
         progress(format_args!("creating database {name}"));
-        server.create_database(&name, options)?;
+        match server.create_database(&name, options.clone()) {
+            Err(pg_isolate::Error::DatabaseExists { .. }) => {
+                let gone = server
+                    .list_databases()?
+                    .into_iter()
+                    .find(|db| db.name == name && of_gone_repository(db))
+                    .ok_or_else(|| pg_isolate::Error::DatabaseExists {
+                        database: name.clone(),
+                    })?;
+                progress(format_args!(
+                    "database {name} belongs to a repository that no longer exists on this \
+                     host; taking it over"
+                ));
+                take_back(&server, ports, &gone)?;
+                server.create_database(&name, options)?;
+            }
+            created => {
+                created?;
+            }
+        }
         // Recorded only once it is ours: a name taken by someone else
         // (DatabaseExists) must never reach the rollback's drop. A crash
         // right here leaves a database labelled with our owner name and no

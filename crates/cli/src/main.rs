@@ -16,6 +16,7 @@ mod cli;
 mod commands;
 mod config;
 mod context;
+mod database_gc;
 mod envfile;
 #[cfg(test)]
 mod fuzz_tests;

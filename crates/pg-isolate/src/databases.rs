@@ -4,7 +4,7 @@ use postgres::error::SqlState;
 
 use crate::owner::{DatabaseKind, OwnerRecord};
 use crate::server::CloneStrategy;
-use crate::{Error, Server, names};
+use crate::{Error, Server, birth, names};
 
 /// Optional settings of [`Server::create_database`].
 #[derive(Debug, Clone, Default)]
@@ -17,6 +17,8 @@ pub struct CreateOptions<'a> {
     pub label: Option<&'a str>,
     /// Overrides [`crate::ServerOptions::clone_strategy`] for this clone.
     pub strategy: Option<CloneStrategy>,
+    /// Recorded as [`OwnerRecord::owner_path`]: a path the owner lives in.
+    pub owner_path: Option<&'a std::path::Path>,
 }
 
 impl<'a> CreateOptions<'a> {
@@ -42,8 +44,35 @@ pub struct DatabaseInfo {
     pub is_template: bool,
 }
 
+impl DatabaseInfo {
+    /// For a database still under its birth name (created, but its owner
+    /// record and final name not yet written; see the crate docs): whether
+    /// the creating process is gone, so the create was interrupted for
+    /// good (`Some(true)`), or still runs or ran on another host
+    /// (`Some(false)`). `None` for every other database.
+    pub fn interrupted_create(&self) -> Option<bool> {
+        if self.owner.is_some() {
+            return None;
+        }
+        let creator = birth::parse(&self.name)?;
+        Some(creator.gone() == Some(true))
+    }
+}
+
 pub(crate) fn is_code(error: &postgres::Error, code: &SqlState) -> bool {
     error.code() == Some(code)
+}
+
+/// Whether `error` says a database name is taken: `duplicate_database`, or
+/// the unique violation on `pg_database`'s name index that the loser of
+/// two concurrent renames (or creates) to one name gets.
+pub(crate) fn is_duplicate(error: &postgres::Error) -> bool {
+    is_code(error, &SqlState::DUPLICATE_DATABASE)
+        || (is_code(error, &SqlState::UNIQUE_VIOLATION)
+            && error
+                .as_db_error()
+                .and_then(|db| db.constraint())
+                .is_some_and(|c| c == "pg_database_datname_index"))
 }
 
 impl Server {
@@ -69,13 +98,21 @@ impl Server {
     /// name. Fails with [`Error::DatabaseExists`] if it exists.
     pub fn create_database(&self, name: &str, options: CreateOptions<'_>) -> Result<String, Error> {
         let name = self.database_name(name)?;
-        let record = OwnerRecord::new(options.kind, options.label);
+        let mut record = OwnerRecord::new(options.kind, options.label);
+        record.owner_path = options.owner_path.map(std::path::Path::to_owned);
         self.create_with_record(&name, options.template, options.strategy, &record)?;
         Ok(name)
     }
 
-    /// `CREATE DATABASE` then the owner record; on a failure to write the
-    /// record the new database is dropped again.
+    /// Creates database `name` owned from birth (see the `birth` module):
+    /// `CREATE DATABASE` under a birth name naming this process, then the
+    /// owner record and the rename to `name` in one transaction. A rename
+    /// that finds `name` taken (by a concurrent create, say) drops the new
+    /// database again and fails with [`Error::DatabaseExists`].
+    ///
+    /// Each step may be re-run by [`Server::with_admin`] on a new
+    /// connection after the server restarted; a re-run that finds the step
+    /// already done (the birth name taken or gone) carries on.
     pub(crate) fn create_with_record(
         &self,
         name: &str,
@@ -83,27 +120,55 @@ impl Server {
         strategy: Option<CloneStrategy>,
         record: &OwnerRecord,
     ) -> Result<(), Error> {
-        let mut sql = format!("CREATE DATABASE {}", names::ident(name));
+        let birth = birth::birth_name(self.prefix());
+        let mut sql = format!("CREATE DATABASE {}", names::ident(&birth));
         if let Some(template) = template {
             sql.push_str(&self.template_clause(template, strategy));
         }
-        let comment = comment_sql(name, record);
+        let mut attempt = 0;
         self.with_admin(|client| {
-            client.batch_execute(&sql).map_err(|e| {
-                if is_code(&e, &SqlState::DUPLICATE_DATABASE) {
-                    Error::DatabaseExists {
-                        database: name.to_owned(),
-                    }
-                } else {
-                    Error::sql("creating database", name, e)
-                }
-            })?;
-            if let Err(e) = client.batch_execute(&comment) {
-                let _ = client.batch_execute(&drop_sql(name, self.major_version()));
-                return Err(Error::sql("writing the owner record of", name, e));
+            attempt += 1;
+            match client.batch_execute(&sql) {
+                Ok(()) => Ok(()),
+                // The first attempt's CREATE committed before the
+                // connection was lost: the birth name is ours alone.
+                Err(e) if attempt > 1 && is_code(&e, &SqlState::DUPLICATE_DATABASE) => Ok(()),
+                Err(e) => Err(Error::sql("creating database", name, e)),
             }
-            Ok(())
         })?;
+        registry::fault_point("pg_isolate.create.after_create");
+        let finish = format!(
+            // One simple query is one implicit transaction: the record and
+            // the final name appear together or not at all.
+            "{}; ALTER DATABASE {} RENAME TO {}",
+            comment_sql(&birth, record),
+            names::ident(&birth),
+            names::ident(name)
+        );
+        let mut attempt = 0;
+        let finished = self.with_admin(|client| {
+            attempt += 1;
+            match client.batch_execute(&finish) {
+                Ok(()) => Ok(()),
+                // The first attempt committed before the connection was
+                // lost: nobody else renames a birth name.
+                Err(e) if attempt > 1 && is_code(&e, &SqlState::UNDEFINED_DATABASE) => Ok(()),
+                Err(e) if is_duplicate(&e) => Err(Error::DatabaseExists {
+                    database: name.to_owned(),
+                }),
+                Err(e) => Err(Error::sql("writing the owner record of", name, e)),
+            }
+        });
+        if let Err(error) = finished {
+            // Ours by its birth name; gc would drop it after this process
+            // exits, but a long-lived process should not keep it till then.
+            let _ = self.with_admin(|client| {
+                client
+                    .batch_execute(&drop_sql(&birth, self.major_version()))
+                    .map_err(|e| Error::sql("dropping database", &birth, e))
+            });
+            return Err(error);
+        }
         tracing::debug!(database = name, template, kind = ?record.kind, "created database");
         Ok(())
     }
@@ -122,6 +187,25 @@ impl Server {
             return Err(Error::NotOwned { database: name });
         }
         self.drop_owned(&name, info.is_template)
+    }
+
+    /// Drops database `name` (exactly as listed) left under its birth name
+    /// by a create whose process is gone
+    /// ([`DatabaseInfo::interrupted_create`]); refuses any other database
+    /// with [`Error::NotOwned`]. [`Server::gc`] does the same for all of
+    /// them.
+    pub fn drop_interrupted_create(&self, name: &str) -> Result<(), Error> {
+        let info = self
+            .database_info(name)?
+            .ok_or_else(|| Error::DatabaseNotFound {
+                database: name.to_owned(),
+            })?;
+        if info.interrupted_create() != Some(true) {
+            return Err(Error::NotOwned {
+                database: name.to_owned(),
+            });
+        }
+        self.drop_owned(name, info.is_template)
     }
 
     /// Drops a database already known to be ours.
@@ -161,21 +245,24 @@ impl Server {
 
     /// Drops database `name` if it exists (it must be ours) and creates it
     /// afresh, from `template` when given: the "clean database before each
-    /// run" step. Keeps the label of the old owner record. Returns the full
+    /// run" step. Keeps the label and owner path of the old owner record. Returns the full
     /// name.
     pub fn reset_database(&self, name: &str, template: Option<&str>) -> Result<String, Error> {
         let name = self.database_name(name)?;
         let mut label = None;
         let mut kind = DatabaseKind::Named;
+        let mut owner_path = None;
         if let Some(info) = self.database_info(&name)? {
             let Some(owner) = info.owner else {
                 return Err(Error::NotOwned { database: name });
             };
             label = owner.label;
             kind = owner.kind;
+            owner_path = owner.owner_path;
             self.drop_owned(&name, info.is_template)?;
         }
-        let record = OwnerRecord::new(kind, label.as_deref());
+        let mut record = OwnerRecord::new(kind, label.as_deref());
+        record.owner_path = owner_path;
         self.create_with_record(&name, template, None, &record)?;
         Ok(name)
     }

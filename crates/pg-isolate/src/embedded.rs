@@ -655,7 +655,9 @@ fn ensure_data(dir: &Path, bindir: &Path, account: Option<Account>) -> Result<()
 /// It starts the server in the background (so the server is reparented and
 /// outlives the caller), prints its pid, and leaves a detached loop that
 /// counts client connections every `interval` seconds; after `checks`
-/// consecutive idle checks it takes the start lock without waiting (so no
+/// consecutive idle checks (no client connection, and no named database of
+/// pg-isolate's, such as a worktree's, whose URL someone may use at any
+/// moment without a pg-isolate process around) it takes the start lock without waiting (so no
 /// process is attaching), checks once more and shuts the server down
 /// (SIGINT, PostgreSQL's fast shutdown), holding the lock until it is gone.
 const LAUNCHER: &str = r#"
@@ -668,7 +670,8 @@ echo "$pm"
   trap '' HUP INT
   count() {
     "$psql" -X -A -t -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c \
-      "select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()" 2>/dev/null || echo busy
+      "select (select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid())
+        + (select count(*) from pg_database where shobj_description(oid, 'pg_database') like '{\"tool\":\"pg-isolate\",\"kind\":\"named\"%')" 2>/dev/null || echo busy
   }
   idle=0
   while sleep "$interval"; do
@@ -722,7 +725,7 @@ fn choose_port(dir: &Path) -> Result<u16, Error> {
     match remembered_port(dir) {
         Some(port) if port_free(port) => Ok(port),
         Some(taken) => {
-            let port = free_port()?;
+            let port = free_port(dir)?;
             tracing::warn!(
                 taken,
                 port,
@@ -731,11 +734,35 @@ fn choose_port(dir: &Path) -> Result<u16, Error> {
             );
             Ok(port)
         }
-        None => free_port(),
+        None => free_port(dir),
     }
 }
 
-fn free_port() -> Result<u16, Error> {
+/// Where a new embedded server's port is chosen: below the range port-alloc
+/// leases from by default (20000-29999), and below the kernel's ephemeral
+/// range (from which outgoing connections take their local ports, which
+/// could otherwise hold the port while the server is stopped).
+const SERVER_PORTS: std::ops::Range<u16> = 17000..20000;
+
+/// A free port for a new server: in [`SERVER_PORTS`] outside the kernel's
+/// ephemeral range, starting at a place derived from the cluster directory
+/// (so clusters spread out, and one cluster tends to get the same port
+/// back); one from the kernel only when all of those are taken.
+fn free_port(dir: &Path) -> Result<u16, Error> {
+    let ephemeral = port_alloc::ephemeral_range();
+    let span = SERVER_PORTS.end - SERVER_PORTS.start;
+    let seed = dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(*b)));
+    let start = u16::try_from(seed % u32::from(span)).unwrap_or(0);
+    let found = (0..span)
+        .map(|i| SERVER_PORTS.start + (start + i) % span)
+        .find(|port| !ephemeral.contains(port) && port_free(*port));
+    if let Some(port) = found {
+        return Ok(port);
+    }
     let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
         .map_err(|e| Error::io("finding a free port on", "127.0.0.1", e))?;
     listener

@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::owner::{DatabaseKind, now};
-use crate::template::{ready_owner, template_name};
-use crate::{DatabaseInfo, Error, Server, names};
+use crate::template::{hold_lock, ready_owner, template_name};
+use crate::{DatabaseInfo, Error, Server, birth, names};
 
 /// Optional settings of [`Server::gc`].
 #[derive(Debug, Clone)]
@@ -22,6 +22,8 @@ pub struct GcOptions {
     /// Drop templates (and their pool clones) not asked for in this long.
     /// Default: seven days.
     pub template_max_idle: Option<Duration>,
+    /// Report what would be dropped without dropping anything.
+    pub dry_run: bool,
 }
 
 impl Default for GcOptions {
@@ -29,6 +31,31 @@ impl Default for GcOptions {
         Self {
             max_age: None,
             template_max_idle: Some(Duration::from_secs(7 * 24 * 3600)),
+            dry_run: false,
+        }
+    }
+}
+
+/// How many templates [`Server::gc`] keeps on the server
+/// ([`crate::ServerOptions::template_budget`]): the most recently used
+/// ones, up to both limits; the least recently used beyond them are
+/// dropped. A template being built, being cloned, held by a running
+/// process's [`crate::Template`] handle or with test databases of a running
+/// process is never dropped (and counts towards the budget).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TemplateBudget {
+    /// At most this many templates (default 8).
+    pub max_templates: usize,
+    /// At most this much disk for the templates together (default 4 GiB);
+    /// the most recently used template is kept whatever its size.
+    pub max_bytes: u64,
+}
+
+impl Default for TemplateBudget {
+    fn default() -> Self {
+        Self {
+            max_templates: 8,
+            max_bytes: 4 << 30,
         }
     }
 }
@@ -48,6 +75,13 @@ pub enum GcReason {
     UnusedTemplate,
     /// Dropped: a half-built template whose builder is gone.
     HalfBuiltTemplate,
+    /// Dropped: a template beyond the [`TemplateBudget`], least recently
+    /// used first.
+    OverBudget,
+    /// Dropped: a database left under its birth name (created, but its
+    /// owner record and final name not yet written) by a process that is
+    /// gone.
+    HalfCreated,
     /// Dropped: its name matched the prefix given to
     /// [`Server::drop_databases_with_prefix`].
     MatchedPrefix,
@@ -63,6 +97,9 @@ pub enum GcReason {
     PoolClone,
     /// Kept: a template in use or recently used.
     TemplateInUse,
+    /// Kept: under its birth name, its creating process still runs (a
+    /// create in progress).
+    CreateInProgress,
     /// Kept: dropping it failed.
     DropFailed(String),
 }
@@ -77,6 +114,8 @@ impl std::fmt::Display for GcReason {
             }
             Self::UnusedTemplate => f.write_str("template unused for too long"),
             Self::HalfBuiltTemplate => f.write_str("half-built template whose builder is gone"),
+            Self::OverBudget => f.write_str("template beyond the budget, least recently used"),
+            Self::HalfCreated => f.write_str("half-created database whose creator is gone"),
             Self::MatchedPrefix => f.write_str("name matched the prefix"),
             Self::NoOwnerRecord => f.write_str("no pg-isolate owner record"),
             Self::OwnerAlive => f.write_str("owner process is running"),
@@ -84,6 +123,7 @@ impl std::fmt::Display for GcReason {
             Self::NamedDatabase => f.write_str("named database"),
             Self::PoolClone => f.write_str("pool clone of an existing template"),
             Self::TemplateInUse => f.write_str("template in use"),
+            Self::CreateInProgress => f.write_str("being created by a running process"),
             Self::DropFailed(error) => write!(f, "dropping it failed: {error}"),
         }
     }
@@ -159,6 +199,7 @@ impl Server {
         let older_than = |created: u64, age: Option<Duration>| {
             age.is_some_and(|age| now.saturating_sub(created) > age.as_secs())
         };
+        let over_budget = self.over_budget(&databases)?;
         let mut report = GcReport::default();
         // Templates first, so the pool clones of a template dropped now
         // are dropped in the same pass.
@@ -170,6 +211,21 @@ impl Server {
             });
         for info in templates.into_iter().chain(others) {
             let Some(owner) = &info.owner else {
+                if let Some(creator) = birth::parse(&info.name) {
+                    let verdict = match creator.gone() {
+                        Some(true) => self
+                            .gc_drop(info, options.dry_run)
+                            .map(|()| GcReason::HalfCreated)
+                            .map_err(|e| GcReason::DropFailed(e.to_string())),
+                        Some(false) => Err(GcReason::CreateInProgress),
+                        None => Err(GcReason::OtherHost),
+                    };
+                    match verdict {
+                        Ok(reason) => report.dropped.push(entry(info, reason)),
+                        Err(reason) => report.kept.push(entry(info, reason)),
+                    }
+                    continue;
+                }
                 if !prefix.is_empty() {
                     report.kept.push(entry(info, GcReason::NoOwnerRecord));
                 }
@@ -205,22 +261,31 @@ impl Server {
                     let last_used = owner.last_used.unwrap_or(owner.created);
                     let reason = if !ready_templates.contains(&info.name) {
                         (owner.owner_gone() == Some(true)).then_some(GcReason::HalfBuiltTemplate)
+                    } else if older_than(last_used, options.template_max_idle) {
+                        Some(GcReason::UnusedTemplate)
                     } else {
-                        older_than(last_used, options.template_max_idle)
-                            .then_some(GcReason::UnusedTemplate)
+                        over_budget
+                            .contains(&info.name)
+                            .then_some(GcReason::OverBudget)
                     };
                     match reason {
-                        Some(reason) => {
-                            self.drop_template_if_idle(info, owner.template_key.as_deref(), reason)
-                        }
+                        Some(reason) => self.drop_template_if_idle(
+                            info,
+                            owner.template_key.as_deref(),
+                            reason,
+                            options.dry_run,
+                        ),
                         None => Err(GcReason::TemplateInUse),
                     }
                 }
             };
             match verdict {
-                Ok(GcReason::UnusedTemplate | GcReason::HalfBuiltTemplate) | Err(_) => {}
+                Ok(
+                    GcReason::UnusedTemplate | GcReason::HalfBuiltTemplate | GcReason::OverBudget,
+                )
+                | Err(_) => {}
                 Ok(_) => {
-                    if let Err(error) = self.drop_owned(&info.name, info.is_template) {
+                    if let Err(error) = self.gc_drop(info, options.dry_run) {
                         report
                             .kept
                             .push(entry(info, GcReason::DropFailed(error.to_string())));
@@ -244,31 +309,168 @@ impl Server {
         Ok(report)
     }
 
-    /// Drops a template under its build lock (so never while it is being
-    /// built or waited for); `Err(TemplateInUse)` when the lock is taken.
+    /// Leak cleanup on [`Server::connect`]: [`Server::gc`] with the default
+    /// options, unless it ran for this server and prefix within
+    /// [`crate::ServerOptions::auto_gc`] (the stamp file's modification
+    /// time) or another process is running it right now (the stamp file's
+    /// lock). Failures are only reported as events: opening a server must
+    /// not fail because cleanup did.
+    pub(crate) fn auto_gc(&self) {
+        let Some(interval) = self.inner.options.auto_gc else {
+            return;
+        };
+        let path = self.gc_stamp();
+        let fresh = |path: &std::path::Path| {
+            std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age < interval)
+        };
+        if fresh(&path) {
+            return;
+        }
+        let file = match std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(error) => {
+                tracing::debug!(path = %path.display(), %error, "no automatic gc: cannot open its stamp");
+                return;
+            }
+        };
+        // One process at a time; the others skip it.
+        if file.try_lock().is_err() || fresh(&path) {
+            return;
+        }
+        if let Err(error) = file.set_modified(std::time::SystemTime::now()) {
+            tracing::debug!(path = %path.display(), %error, "cannot update the gc stamp");
+        }
+        match self.gc(&GcOptions::default()) {
+            Ok(report) => {
+                tracing::debug!(dropped = report.dropped.len(), "automatic gc on connect")
+            }
+            Err(error) => tracing::warn!(%error, "automatic gc on connect failed"),
+        }
+    }
+
+    /// Drops a database gc found to be a leak (unless it is a dry run).
+    fn gc_drop(&self, info: &DatabaseInfo, dry_run: bool) -> Result<(), Error> {
+        if dry_run {
+            return Ok(());
+        }
+        self.drop_owned(&info.name, info.is_template)
+    }
+
+    /// The ready templates beyond the [`TemplateBudget`]: least recently
+    /// used first out, never one with test databases of a running process.
+    fn over_budget(&self, databases: &[DatabaseInfo]) -> Result<HashSet<String>, Error> {
+        let budget = self.inner.options.template_budget;
+        let mut templates: Vec<(u64, u64, &str, Option<&str>)> = databases
+            .iter()
+            .filter_map(|info| {
+                let owner = ready_owner(info)?;
+                Some((
+                    owner.last_used.unwrap_or(owner.created),
+                    owner.created,
+                    info.name.as_str(),
+                    info.owner.as_ref()?.template_key.as_deref(),
+                ))
+            })
+            .collect();
+        if templates.is_empty() {
+            return Ok(HashSet::new());
+        }
+        // Keys with test databases whose owner may still run.
+        let live: HashSet<&str> = databases
+            .iter()
+            .filter_map(|info| info.owner.as_ref())
+            .filter(|o| o.kind == DatabaseKind::Test && o.owner_gone() != Some(true))
+            .filter_map(|o| o.template_key.as_deref())
+            .collect();
+        let sizes = self.template_sizes()?;
+        templates.sort_by_key(|t| std::cmp::Reverse((t.0, t.1)));
+        let (mut count, mut bytes) = (0usize, 0u64);
+        let mut over = HashSet::new();
+        for (_, _, name, key) in templates {
+            let size = sizes.get(name).copied().unwrap_or(0);
+            let fits = count < budget.max_templates
+                && (count == 0 || bytes.saturating_add(size) <= budget.max_bytes);
+            if fits || key.is_some_and(|k| live.contains(k)) {
+                count += 1;
+                bytes = bytes.saturating_add(size);
+            } else {
+                over.insert(name.to_owned());
+            }
+        }
+        Ok(over)
+    }
+
+    /// The size of every template database on the server.
+    fn template_sizes(&self) -> Result<std::collections::HashMap<String, u64>, Error> {
+        let prefix = self.prefix().to_owned();
+        self.with_admin(|client| {
+            let rows = client
+                .query(
+                    "SELECT datname::text, pg_database_size(oid) FROM pg_database WHERE datistemplate",
+                    &[],
+                )
+                .map_err(|e| Error::sql("measuring templates", &prefix, e))?;
+            Ok(rows
+                .iter()
+                .map(|row| {
+                    let size: i64 = row.get(1);
+                    (row.get(0), u64::try_from(size).unwrap_or(0))
+                })
+                .collect())
+        })
+    }
+
+    /// Drops a template under its build lock and its hold lock (so never
+    /// while it is being built or waited for, nor while a running process
+    /// holds a [`crate::Template`] handle of it); `Err(TemplateInUse)` when
+    /// either is taken.
     fn drop_template_if_idle(
         &self,
         info: &DatabaseInfo,
         hex: Option<&str>,
         reason: GcReason,
+        dry_run: bool,
     ) -> Result<GcReason, GcReason> {
         let failed = |e: Error| GcReason::DropFailed(e.to_string());
         let Some(lock) = hex.and_then(lock_of) else {
-            return self
-                .drop_owned(&info.name, info.is_template)
-                .map(|()| reason)
-                .map_err(failed);
+            return self.gc_drop(info, dry_run).map(|()| reason).map_err(failed);
         };
         let mut client = self.admin_client().map_err(failed)?;
-        let got: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&lock])
-            .map_err(|e| failed(Error::sql("locking template", &info.name, e)))?
-            .get(0);
-        if !got {
+        let mut try_lock = |key: i64| -> Result<bool, GcReason> {
+            Ok(client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+                .map_err(|e| failed(Error::sql("locking template", &info.name, e)))?
+                .get(0))
+        };
+        if !try_lock(lock)? {
             return Err(GcReason::TemplateInUse);
         }
-        let result = self.drop_owned(&info.name, info.is_template);
-        let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&lock]);
+        // This handle's own hold does not stop its own gc.
+        let held = self.release_hold(hold_lock(lock));
+        if !try_lock(hold_lock(lock))? {
+            let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&lock]);
+            if held {
+                let _ = self.hold(hold_lock(lock));
+            }
+            return Err(GcReason::TemplateInUse);
+        }
+        let result = self.gc_drop(info, dry_run);
+        let _ = client.execute(
+            "SELECT pg_advisory_unlock($1), pg_advisory_unlock($2)",
+            &[&lock, &hold_lock(lock)],
+        );
+        if held && (dry_run || result.is_err()) {
+            let _ = self.hold(hold_lock(lock));
+        }
         result.map(|()| reason).map_err(failed)
     }
 

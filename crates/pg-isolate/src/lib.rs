@@ -10,16 +10,28 @@
 //!   (one per worktree), each carrying an owner record
 //!   (`COMMENT ON DATABASE` with JSON: tool, kind, host, pid and start time,
 //!   created, label). pg-isolate never drops a database without one.
+//! - Owned from birth: a database is created under a *birth name*
+//!   (`<prefix>.new.<host and boot hash>.<pid>.<start time>.<random>`, which
+//!   names the creating process), then its owner record is written and it
+//!   is renamed to its final name in one transaction. Whatever is killed
+//!   when (the client, the test binary, the server), every database
+//!   pg-isolate made is recognisable as its own; [`Server::gc`] drops a
+//!   birth-named one once its creator is gone
+//!   ([`DatabaseInfo::interrupted_create`]).
 //! - [`Server::template`]: a template built once per distinct setup by
 //!   exactly one process; [`Template::test_database`] clones it into a
 //!   [`TestDatabase`] that is dropped with its handle.
 //! - [`Template::pool`]: a warm pool of pre-created clones on the server,
 //!   shared by every process, so a test gets its database in about a
 //!   millisecond.
-//! - [`Server::gc`]: drops leaked test databases of dead processes, expired
-//!   test databases, orphaned pool clones and idle templates under the
-//!   server's prefix (never named databases), and reports what it kept and
-//!   why.
+//! - [`Server::gc`]: drops leaked test databases of dead processes,
+//!   half-created databases, expired test databases, orphaned pool clones,
+//!   idle templates and templates beyond the [`TemplateBudget`] (the 8 most
+//!   recently used and 4 GiB by default; never one being built, held by a
+//!   live handle or with live test databases) under the server's prefix
+//!   (never named databases), and reports what it kept and why.
+//!   [`Server::connect`] runs it by itself, at most once a minute per server
+//!   and prefix on the host ([`ServerOptions::auto_gc`]).
 //!
 //! # The embedded server
 //!
@@ -47,14 +59,18 @@
 //! and on a unix socket in the cluster's `run/`, and accepts password
 //! (SCRAM) connections as `postgres`; the random password is kept in the
 //! cluster's `password` file (mode 600). The first start picks a free port
-//! and remembers it in the cluster's `port` file; every later start (after
+//! (in 17000-19999: outside the kernel's ephemeral range, so no outgoing
+//! connection takes it while the server is stopped, and below the range
+//! port-alloc leases from by default) and remembers it in the cluster's `port` file; every later start (after
 //! an idle stop, a crash or a reboot) uses that port again, so a URL written
 //! down once (an `.env` file) keeps working; only when another program has
 //! taken the port meanwhile does it move to a new free one (with a warning
 //! event). It runs detached (its own process group,
 //! reparented away from the starting process) and stops itself after
 //! [`EmbeddedOptions::idle_timeout`] (default five minutes) without any
-//! client connection: a small `sh` watchdog started beside it counts client
+//! client connection, but never while a named database
+//! ([`Server::create_database`], a worktree's) exists, since its URL may be
+//! used at any moment by a program that knows nothing of pg-isolate: a small `sh` watchdog started beside it counts client
 //! connections with `psql` and shuts the server down under the start lock.
 //! [`Server::stop_embedded`] stops it explicitly. Starting is serialised by
 //! a file lock in the cluster directory; a server that was killed is
@@ -105,6 +121,7 @@ pub use migrate::{
 };
 // -- end migrations --
 
+mod birth;
 mod databases;
 mod embedded;
 mod error;
@@ -120,7 +137,7 @@ mod url;
 pub use databases::{CreateOptions, DatabaseInfo};
 pub use embedded::{EmbeddedOptions, Recovery};
 pub use error::{Error, SetupError};
-pub use gc::{GcEntry, GcOptions, GcReason, GcReport};
+pub use gc::{GcEntry, GcOptions, GcReason, GcReport, TemplateBudget};
 pub use owner::{DatabaseKind, OwnerRecord};
 pub use pool::{Pool, PoolOptions};
 pub use server::{CloneStrategy, Server, ServerOptions, URL_ENV};

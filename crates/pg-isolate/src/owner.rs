@@ -59,6 +59,12 @@ pub struct OwnerRecord {
     /// For templates: the last time a process asked for it (seconds since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used: Option<u64>,
+    /// A path on the creating host that the owner lives in (for the
+    /// isolane CLI: the repository's git common dir); once it no longer
+    /// exists there, the owner is gone for good
+    /// ([`OwnerRecord::owner_path_gone`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_path: Option<std::path::PathBuf>,
 }
 
 impl OwnerRecord {
@@ -78,6 +84,7 @@ impl OwnerRecord {
             template_key: None,
             ready: false,
             last_used: None,
+            owner_path: None,
         }
     }
 
@@ -89,6 +96,16 @@ impl OwnerRecord {
 
     pub(crate) fn to_json(&self) -> String {
         serde_json::to_string(self).expect("an owner record always serializes")
+    }
+
+    /// Whether the record names an [owner path](OwnerRecord::owner_path)
+    /// on this host that no longer exists (its repository was deleted, say).
+    pub fn owner_path_gone(&self) -> bool {
+        self.host == host().name
+            && self
+                .owner_path
+                .as_deref()
+                .is_some_and(|path| !path.as_os_str().is_empty() && !path.exists())
     }
 
     /// Whether the owning process is on this host (same boot) and gone.

@@ -5,10 +5,8 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use postgres::error::SqlState;
 use postgres::{Client, SimpleQueryMessage};
 
-use crate::databases::is_code;
 use crate::owner::{DatabaseKind, OwnerRecord, TOOL};
 use crate::testdb::TestDatabase;
 use crate::{Error, Server, Template, names};
@@ -364,10 +362,6 @@ fn fill_once(
             record.template_key = Some(template.key().to_owned());
             match server.create_with_record(&name, Some(template.name()), None, &record) {
                 Ok(()) | Err(Error::DatabaseExists { .. }) => {}
-                // Claimed between CREATE and COMMENT: the claimant's record
-                // stands.
-                Err(Error::Sql { source, .. })
-                    if is_code(&source, &SqlState::UNDEFINED_DATABASE) => {}
                 Err(error) => return Err(error),
             }
         }

@@ -2,10 +2,12 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use postgres::{Client, NoTls};
 
 use crate::embedded::{self, EmbeddedOptions, Recovery};
+use crate::gc::TemplateBudget;
 use crate::url::{ServerUrl, redact};
 use crate::{Error, names};
 
@@ -54,6 +56,13 @@ pub struct ServerOptions {
     pub keep_failed: bool,
     /// The embedded server's settings (used when no URL is given).
     pub embedded: EmbeddedOptions,
+    /// How many templates [`Server::gc`] keeps (least recently used out).
+    pub template_budget: TemplateBudget,
+    /// [`Server::connect`] runs [`Server::gc`] (default options) by itself
+    /// at most once per this interval per server and prefix on the host
+    /// (default once a minute; a stamp file says when it last ran).
+    /// `None`: never by itself.
+    pub auto_gc: Option<Duration>,
 }
 
 impl Default for ServerOptions {
@@ -65,6 +74,8 @@ impl Default for ServerOptions {
             keep_failed: std::env::var("PG_ISOLATE_KEEP_FAILED")
                 .is_ok_and(|v| !v.is_empty() && v != "0"),
             embedded: EmbeddedOptions::default(),
+            template_budget: TemplateBudget::default(),
+            auto_gc: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -86,6 +97,14 @@ pub(crate) struct Inner {
     pub(crate) options: ServerOptions,
     idle: Mutex<Vec<Client>>,
     embedded: Option<Embedded>,
+    /// The connection holding this handle's template hold locks.
+    holds: Mutex<Holds>,
+}
+
+#[derive(Default)]
+struct Holds {
+    client: Option<Client>,
+    locks: std::collections::HashSet<i64>,
 }
 
 struct Embedded {
@@ -146,7 +165,7 @@ impl Server {
             drop(attached);
             (url, admin_database, client, Some(embedded), major)
         };
-        Ok(Self {
+        let server = Self {
             inner: Arc::new(Inner {
                 url: RwLock::new(url),
                 admin_database,
@@ -154,8 +173,11 @@ impl Server {
                 options,
                 idle: Mutex::new(vec![client]),
                 embedded,
+                holds: Mutex::new(Holds::default()),
             }),
-        })
+        };
+        server.auto_gc();
+        Ok(server)
     }
 
     /// The process-wide handle for [`ServerOptions::default()`], connected
@@ -256,6 +278,27 @@ impl Server {
         }
     }
 
+    /// The file whose modification time says when leak cleanup last ran
+    /// for this server and prefix: in the embedded cluster's directory, or
+    /// (for a server given by URL) in the temp directory, named after the
+    /// user, the server and the prefix.
+    pub(crate) fn gc_stamp(&self) -> PathBuf {
+        let file = format!("gc-{}.stamp", self.prefix());
+        match &self.inner.embedded {
+            Some(embedded) => embedded.dir.join(file),
+            None => {
+                use sha2::{Digest, Sha256};
+                let url = self.read_url().database("");
+                let digest = Sha256::digest(url.as_bytes());
+                std::env::temp_dir().join(format!(
+                    "pg-isolate-{}-{}-{file}",
+                    nix::unistd::getuid(),
+                    names::hex(&digest[..6])
+                ))
+            }
+        }
+    }
+
     /// The configured prefix of generated database names.
     pub fn prefix(&self) -> &str {
         &self.inner.options.prefix
@@ -300,6 +343,59 @@ impl Server {
         };
         tracing::info!(dir = %embedded.dir.display(), changed, "re-attached to the embedded server");
         Ok(true)
+    }
+
+    /// Takes the shared advisory lock `lock` for as long as this handle
+    /// lives (on a connection of its own; closing it, or the process dying,
+    /// releases it). Re-taken on a new connection when the old one was lost.
+    pub(crate) fn hold(&self, lock: i64) -> Result<(), Error> {
+        let mut holds = self
+            .inner
+            .holds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let healthy = holds.client.as_ref().is_some_and(|c| !c.is_closed());
+        if healthy && holds.locks.contains(&lock) {
+            return Ok(());
+        }
+        holds.locks.insert(lock);
+        let take = |client: &mut Client, locks: Vec<i64>| {
+            client
+                .execute(
+                    "SELECT pg_advisory_lock_shared(k) FROM unnest($1::bigint[]) AS k",
+                    &[&locks],
+                )
+                .map_err(|e| Error::sql("holding template", &self.inner.admin_database, e))
+        };
+        if healthy
+            && let Some(client) = holds.client.as_mut()
+            && take(client, vec![lock]).is_ok()
+        {
+            return Ok(());
+        }
+        let mut client = self.admin_client()?;
+        take(&mut client, holds.locks.iter().copied().collect())?;
+        holds.client = Some(client);
+        Ok(())
+    }
+
+    /// Gives up this handle's hold lock `lock`, if it has it (its own gc
+    /// is about to drop the template). Returns whether it had it.
+    pub(crate) fn release_hold(&self, lock: i64) -> bool {
+        let mut holds = self
+            .inner
+            .holds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !holds.locks.remove(&lock) {
+            return false;
+        }
+        if let Some(client) = holds.client.as_mut() {
+            // Taken once per connection, so one unlock releases it; a
+            // failure means the connection (and with it the lock) is gone.
+            let _ = client.execute("SELECT pg_advisory_unlock_shared($1)", &[&lock]);
+        }
+        true
     }
 
     /// Runs `f` on a pooled admin connection.

@@ -14,8 +14,9 @@ use crate::{Error, Server, SetupError, names};
 /// so a change in how templates are built never reuses an old one.
 pub const TEMPLATE_FORMAT_VERSION: u32 = 1;
 
-/// How often (seconds) a template's `last_used` is refreshed at most.
-const TOUCH_INTERVAL: u64 = 3600;
+/// How often (seconds) a template's `last_used` is refreshed at most: the
+/// resolution of the least-recently-used order of the template budget.
+const TOUCH_INTERVAL: u64 = 60;
 
 /// A complete template database; clone it with [`Template::test_database`]
 /// or [`Server::create_database`] with [`crate::CreateOptions::template`].
@@ -49,6 +50,13 @@ impl Key {
     }
 }
 
+/// The advisory lock a process holds (shared) on a template for as long as
+/// its [`Server`] handle lives, so gc never drops a template a running
+/// process may still clone; derived from the build lock `lock`.
+pub(crate) fn hold_lock(lock: i64) -> i64 {
+    !lock
+}
+
 /// The name of the template with key `hex`.
 pub(crate) fn template_name(prefix: &str, hex: &str) -> String {
     names::fit(&format!("{prefix}tpl_{hex}"))
@@ -79,6 +87,8 @@ impl Server {
             name: name.clone(),
             key: key.hex.clone(),
         };
+        // Held before it is looked at: from here on gc leaves it alone.
+        self.hold(hold_lock(key.lock))?;
         if let Some(info) = self.database_info(&name)?
             && let Some(owner) = ready_owner(&info)
         {
@@ -206,6 +216,6 @@ impl Template {
     /// A new private database cloned from this template, dropped when the
     /// handle is dropped.
     pub fn test_database(&self) -> Result<TestDatabase, Error> {
-        TestDatabase::create(&self.server, Some(&self.name))
+        TestDatabase::create(&self.server, Some(&self.name), Some(&self.key))
     }
 }

@@ -24,13 +24,21 @@ impl Server {
     /// when the handle is dropped. For a migrated one, see
     /// [`crate::Template::test_database`].
     pub fn test_database(&self) -> Result<TestDatabase, Error> {
-        TestDatabase::create(self, None)
+        TestDatabase::create(self, None, None)
     }
 }
 
 impl TestDatabase {
-    pub(crate) fn create(server: &Server, template: Option<&str>) -> Result<Self, Error> {
-        let record = OwnerRecord::new(DatabaseKind::Test, None);
+    /// A new test database, cloned from `template` when given; the
+    /// template's `key` goes into the owner record, so gc knows the
+    /// template has live clones.
+    pub(crate) fn create(
+        server: &Server,
+        template: Option<&str>,
+        key: Option<&str>,
+    ) -> Result<Self, Error> {
+        let mut record = OwnerRecord::new(DatabaseKind::Test, None);
+        record.template_key = key.map(str::to_owned);
         let mut last = None;
         for _ in 0..NAME_ATTEMPTS {
             let name = Self::fresh_name(server);

@@ -149,3 +149,33 @@ pub fn tree_snapshot(dir: &Path) -> io::Result<std::collections::BTreeMap<PathBu
     }
     Ok(out)
 }
+
+/// The directory of the embedded PostgreSQL cluster that the test suite
+/// `suite` of the build whose `CARGO_TARGET_TMPDIR` is `target_tmpdir`
+/// shares (pass it as `PG_ISOLATE_CACHE_DIR` or
+/// `EmbeddedOptions::cache_dir`): never the host's default cluster.
+///
+/// It lives in `/var/tmp/isolane-test-<uid>-<hash of target_tmpdir>/<suite>`
+/// (mode 755: as root, the server runs as the `postgres` account, which
+/// must reach it; the build's own target dir may be under a closed home).
+/// The cluster is kept between runs, like a build cache, so only the first
+/// run pays for `initdb`.
+pub fn suite_cluster_dir(target_tmpdir: &str, suite: &str) -> io::Result<PathBuf> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let uid = std::fs::metadata("/proc/self")?.uid();
+    let hash = target_tmpdir
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    let root = PathBuf::from(format!("/var/tmp/isolane-test-{uid}-{:08x}", hash as u32));
+    let dir = root.join(suite);
+    for path in [&root, &dir] {
+        match std::fs::create_dir(path) {
+            Ok(()) => std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?,
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(dir)
+}

@@ -11,6 +11,7 @@ use super::{InputError, print_json, progress};
 use crate::cli::{CheckRollbackArgs, DbCommand, MigrateArgs};
 use crate::config::Config;
 use crate::context::{Repo, load_migrations, open_server};
+use crate::database_gc::server_gc;
 
 pub(super) fn run(command: DbCommand) -> Result<ExitCode> {
     match command {
@@ -19,7 +20,32 @@ pub(super) fn run(command: DbCommand) -> Result<ExitCode> {
         DbCommand::CheckRollback(args) => check_rollback(&args),
         DbCommand::List { orphans, json } => list(orphans, json),
         DbCommand::Clean { prefix, dry_run } => clean(prefix.as_deref(), dry_run),
+        DbCommand::Gc { dry_run, json } => gc(dry_run, json),
     }
+}
+
+fn gc(dry_run: bool, json: bool) -> Result<ExitCode> {
+    let repo = repo_if_any();
+    let config = repo.as_ref().map(|r| r.config.clone()).unwrap_or_default();
+    let server = open_server(&config, None)?;
+    let rows = server_gc(&server, dry_run)?;
+    if json {
+        print_json(&rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let verb = if dry_run { "would drop" } else { "dropped" };
+    for row in &rows.dropped {
+        println!("{verb} {} ({})", row.name, row.reason);
+    }
+    for row in &rows.kept {
+        println!("kept {} ({})", row.name, row.reason);
+    }
+    println!(
+        "db gc: {} {verb}, {} kept",
+        rows.dropped.len(),
+        rows.kept.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn reset(id: &str) -> Result<ExitCode> {

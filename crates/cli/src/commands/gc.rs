@@ -11,6 +11,7 @@ use super::info::statuses;
 use super::{age, print_json, progress};
 use crate::cli::GcArgs;
 use crate::context::Repo;
+use crate::database_gc::{reclaim_gone_repositories, server_gc};
 use crate::lifecycle::{Teardown, abandoned, teardown};
 use crate::state::Phase;
 
@@ -24,6 +25,9 @@ struct Report {
     skipped: Vec<Skipped>,
     /// Port leases of dead processes freed (host-wide).
     reclaimed_ports: Vec<u16>,
+    /// Databases pg-isolate's gc dropped (or would drop): half-created
+    /// ones, test databases of dead processes, unused templates, ...
+    dropped_databases: Vec<String>,
     /// Operations that failed (the rest went on).
     errors: Vec<String>,
     dry_run: bool,
@@ -123,6 +127,14 @@ pub(super) fn run(args: &GcArgs) -> Result<ExitCode> {
             report.reclaimed_ports.extend(reclaimed.ports.values());
         }
     }
+    if repo.config.database.enabled {
+        let server = repo.server()?;
+        let rows = server_gc(&server, args.dry_run)?;
+        report.dropped_databases = rows.dropped.into_iter().map(|r| r.name).collect();
+        let (dropped, released) = reclaim_gone_repositories(&server, &repo.ports()?, args.dry_run)?;
+        report.dropped_databases.extend(dropped);
+        report.reclaimed_ports.extend(released);
+    }
 
     if args.json {
         print_json(&report)?;
@@ -140,6 +152,14 @@ pub(super) fn run(args: &GcArgs) -> Result<ExitCode> {
         }
         for skipped in &report.skipped {
             println!("kept: {} ({})", skipped.id, skipped.reason);
+        }
+        let dropped = if args.dry_run {
+            "would drop database"
+        } else {
+            "dropped database"
+        };
+        for name in &report.dropped_databases {
+            println!("{dropped}: {name}");
         }
         if !report.reclaimed_ports.is_empty() {
             println!("reclaimed ports: {:?}", report.reclaimed_ports);

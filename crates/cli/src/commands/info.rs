@@ -110,9 +110,32 @@ fn status(entry: &Entry, info: Option<&worktree_core::WorktreeInfo>, now: u64) -
     }
 }
 
+/// Starts the database server when it is down (an idle stop of the
+/// embedded server, a reboot) and one of `databases` is listed, so the
+/// `DATABASE_URL`s in the worktrees' `.env.test` work again. A server that
+/// cannot be reached is said, not fatal: the listing is useful all the same.
+fn serve(repo: &Repo, mut databases: impl Iterator<Item = bool>) {
+    if !repo.config.database.enabled || !databases.any(|has| has) {
+        return;
+    }
+    if let Err(error) = repo.server() {
+        super::progress(format_args!(
+            "the database server is not reachable: {error:#}"
+        ));
+    }
+}
+
 pub(super) fn list(json: bool) -> Result<ExitCode> {
     let repo = Repo::discover()?;
     crate::runs::stop_leftovers(&repo)?;
+    serve(
+        &repo,
+        repo.registry
+            .read()?
+            .entries
+            .values()
+            .map(|e| e.database.is_some()),
+    );
     let statuses = statuses(&repo)?;
     if json {
         print_json(&statuses)?;
@@ -164,7 +187,8 @@ pub(super) fn list(json: bool) -> Result<ExitCode> {
 pub(super) fn show(id: &str, json: bool) -> Result<ExitCode> {
     let repo = Repo::discover()?;
     crate::runs::stop_leftovers(&repo)?;
-    repo.entry(id)?;
+    let entry = repo.entry(id)?;
+    serve(&repo, std::iter::once(entry.database.is_some()));
     let status = statuses(&repo)?
         .into_iter()
         .find(|s| s.id == id)

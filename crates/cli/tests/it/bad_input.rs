@@ -1053,7 +1053,7 @@ fn run_case(case: &Case, neutral: &Path, server: &pg_isolate::Server) -> TestRes
 
 /// The embedded server, with the sentinel database in place.
 fn server_with_sentinel() -> TestResult<pg_isolate::Server> {
-    let server = pg_isolate::Server::connect(pg_isolate::ServerOptions::default())?;
+    let server = pg_isolate::Server::connect(crate::server_options())?;
     if !sentinel_exists(&server)? {
         let created = server
             .admin_client()?

@@ -4,12 +4,14 @@
 
 use test_support::TestResult;
 
-use crate::{database_names, isolane, json, leases, ok, repo_with_config};
+use crate::{OwnCluster, database_names, isolane, json, leases, ok, repo_with_config};
 
-const CREATE_STEPS: [&str; 5] = [
+const CREATE_STEPS: [&str; 6] = [
     "create.after_intent",
     "create.after_worktree",
     "create.after_ports",
+    // pg-isolate's: the database exists, its owner record does not yet.
+    "pg_isolate.create.after_create",
     "create.after_database",
     "create.during_hooks",
 ];
@@ -253,32 +255,16 @@ fn commands_killed_at_arbitrary_moments_are_repaired() -> TestResult {
 /// survives. A private cluster, so the shared one other tests use lives on.
 #[test]
 fn a_killed_embedded_server_is_recovered_and_the_cli_says_so() -> TestResult {
-    use std::os::unix::fs::PermissionsExt as _;
-
-    let cache = tempfile::Builder::new()
-        .prefix("isolane-cli-pgkill-")
-        .tempdir_in("/var/tmp")?;
-    // As root the server runs as `postgres`, which must reach the cluster.
-    std::fs::set_permissions(cache.path(), std::fs::Permissions::from_mode(0o755))?;
-    let embedded = pg_isolate::EmbeddedOptions {
-        cache_dir: Some(cache.path().to_owned()),
-        ..pg_isolate::EmbeddedOptions::default()
-    };
-    let _stop = StopOnDrop(embedded.clone());
-
+    let cluster = OwnCluster::new("pgkill")?;
+    let embedded = &cluster.embedded;
     let repo = repo_with_config("")?;
     let root = repo.path();
-    let run = |args: &[&str]| {
-        isolane(root)
-            .env("PG_ISOLATE_CACHE_DIR", cache.path())
-            .args(args)
-            .output()
-    };
+    let run = |args: &[&str]| cluster.isolane(root).args(args).output();
     let first = run(&["create", "--purpose", "test-pgkill", "--identifier", "a"])?;
     assert!(first.status.success(), "{first:?}");
     assert!(!String::from_utf8_lossy(&first.stderr).contains("recovered"));
 
-    let data_dir = pg_isolate::Server::embedded_dir(&embedded)?;
+    let data_dir = pg_isolate::Server::embedded_dir(embedded)?;
     let pid_file = std::fs::read_dir(&data_dir)?
         .filter_map(Result::ok)
         .map(|e| e.path().join("postmaster.pid"))
@@ -318,11 +304,44 @@ fn a_killed_embedded_server_is_recovered_and_the_cli_says_so() -> TestResult {
     Ok(())
 }
 
-/// Stops a private embedded cluster when the test ends, however it ends.
-struct StopOnDrop(pg_isolate::EmbeddedOptions);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        let _ = pg_isolate::Server::stop_embedded(&self.0);
-    }
+#[test]
+fn a_moved_server_gets_the_worktrees_urls_rewritten() -> TestResult {
+    let cluster = OwnCluster::new("pgmove")?;
+    let embedded = &cluster.embedded;
+    let repo = repo_with_config("")?;
+    let root = repo.path();
+    let run = |args: &[&str]| cluster.isolane(root).args(args).output();
+    let created = run(&["create", "--purpose", "test-pgmove", "--identifier", "a"])?;
+    assert!(created.status.success(), "{created:?}");
+    let env_file = root.join("worktrees/test-pgmove-a/.env.test");
+    let url_in = |path: &std::path::Path| -> TestResult<String> {
+        std::fs::read_to_string(path)?
+            .lines()
+            .find_map(|l| l.strip_prefix("DATABASE_URL=").map(str::to_owned))
+            .ok_or_else(|| "no DATABASE_URL".into())
+    };
+    let before = url_in(&env_file)?;
+    // The server stops (a reboot, say), and another program takes its port.
+    assert!(pg_isolate::Server::stop_embedded(embedded)?);
+    let port: u16 =
+        std::fs::read_to_string(pg_isolate::Server::embedded_dir(embedded)?.join("port"))?
+            .trim()
+            .parse()?;
+    let _squatter = std::net::TcpListener::bind(("127.0.0.1", port))?;
+    let listed = run(&["list"])?;
+    let stderr = String::from_utf8_lossy(&listed.stderr);
+    assert!(listed.status.success(), "{stderr}");
+    assert!(stderr.contains("database server moved"), "{stderr}");
+    let after = url_in(&env_file)?;
+    assert_ne!(after, before);
+    assert!(!after.contains(&format!(":{port}/")), "{after}");
+    // The rewritten URL works, as written, for any client.
+    let mut client = postgres::Client::connect(&after, postgres::NoTls)?;
+    assert_eq!(client.query_one("SELECT 1", &[])?.get::<_, i32>(0), 1);
+    let metadata =
+        std::fs::read_to_string(root.join("worktrees/test-pgmove-a/.worktree-metadata.json"))?;
+    assert!(metadata.contains(&after), "{metadata}");
+    let removed = run(&["remove", "test-pgmove-a"])?;
+    assert!(removed.status.success(), "{removed:?}");
+    Ok(())
 }

@@ -28,6 +28,20 @@ pub(crate) fn claims_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("isolane-cli-claims")
 }
 
+/// The embedded PostgreSQL cluster of this suite: never the host's
+/// default one.
+pub(crate) fn cluster_dir() -> PathBuf {
+    test_support::suite_cluster_dir(env!("CARGO_TARGET_TMPDIR"), "isolane-cli")
+        .expect("/var/tmp takes the suite's cluster directory")
+}
+
+/// The server options every command of this suite uses.
+pub(crate) fn server_options() -> pg_isolate::ServerOptions {
+    let mut options = pg_isolate::ServerOptions::default();
+    options.embedded.cache_dir = Some(cluster_dir());
+    options
+}
+
 /// An `isolane` command run in `dir`.
 pub(crate) fn isolane(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_isolane"));
@@ -35,6 +49,7 @@ pub(crate) fn isolane(dir: &Path) -> Command {
         .current_dir(dir)
         .env("ISOLANE_STATE_DIR", state_dir())
         .env("ISOLANE_PORT_CLAIMS_DIR", claims_dir())
+        .env("PG_ISOLATE_CACHE_DIR", cluster_dir())
         .env_remove("ISOLANE_FAULT")
         .env_remove("PG_ISOLATE_URL")
         .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -90,13 +105,54 @@ pub(crate) fn alive(pid: u32) -> bool {
 
 /// Our databases on the embedded server, by name.
 pub(crate) fn database_names(dir: &Path) -> TestResult<Vec<String>> {
-    let rows = json(dir, &["db", "list"])?;
+    names_in(&json(dir, &["db", "list"])?)
+}
+
+/// The names in the output of `db list --json`.
+pub(crate) fn names_in(rows: &serde_json::Value) -> TestResult<Vec<String>> {
     Ok(rows
         .as_array()
         .ok_or("db list --json is not an array")?
         .iter()
         .filter_map(|row| row["name"].as_str().map(str::to_owned))
         .collect())
+}
+
+/// An embedded cluster of one test's own, stopped when dropped: for tests
+/// that stop, kill or reclaim things, which must not disturb the suite's
+/// shared cluster (nor be disturbed by the other tests' `gc`).
+pub(crate) struct OwnCluster {
+    dir: tempfile::TempDir,
+    pub(crate) embedded: pg_isolate::EmbeddedOptions,
+}
+
+impl OwnCluster {
+    pub(crate) fn new(label: &str) -> TestResult<Self> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("isolane-cli-{label}-"))
+            .tempdir_in("/var/tmp")?;
+        // As root the server runs as `postgres`, which must reach the cluster.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let embedded = pg_isolate::EmbeddedOptions {
+            cache_dir: Some(dir.path().to_owned()),
+            ..pg_isolate::EmbeddedOptions::default()
+        };
+        Ok(Self { dir, embedded })
+    }
+
+    /// `isolane` run in `dir`, on this cluster.
+    pub(crate) fn isolane(&self, dir: &Path) -> Command {
+        let mut command = isolane(dir);
+        command.env("PG_ISOLATE_CACHE_DIR", self.dir.path());
+        command
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = pg_isolate::Server::stop_embedded(&self.embedded);
+    }
 }
 
 /// The host-wide port leases, as `(owner, ports)`.

@@ -315,3 +315,76 @@ fn a_database_name_taken_by_another_repository_is_never_dropped() -> TestResult 
     ok(first.path(), &["remove", "test-same-name"])?;
     Ok(())
 }
+
+#[test]
+fn databases_of_a_deleted_repository_are_reclaimed_or_taken_over() -> TestResult {
+    // A cluster of its own: every `gc` and `doctor --fix` of the other tests
+    // reclaims a deleted repository's databases too, whichever repository
+    // it runs in.
+    let cluster = crate::OwnCluster::new("gone")?;
+    let cli = |dir: &Path, args: &[&str]| cluster.isolane(dir).args(args).output();
+    let ok = |dir: &Path, args: &[&str]| -> TestResult<String> {
+        let out = cli(dir, args)?;
+        if !out.status.success() {
+            return Err(format!("isolane {args:?} failed: {out:?}").into());
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let names = |dir: &Path| -> TestResult<Vec<String>> {
+        crate::names_in(&serde_json::from_str(&ok(dir, &["db", "list", "--json"])?)?)
+    };
+    let purpose = format!("test-gone{}", std::process::id());
+    let db = |identifier: &str| format!("testdb_{}_{identifier}", purpose.replace('-', "_"));
+    let config = "[ports]\nnames = [\"GONE_PORT\"]\n";
+    let gone = repo_with_config(config)?;
+    for identifier in ["taken", "reclaimed"] {
+        ok(
+            gone.path(),
+            &["create", "--purpose", &purpose, "--identifier", identifier],
+        )?;
+    }
+    // CI deletes its workspace without `isolane remove`.
+    std::fs::remove_dir_all(gone.path())?;
+
+    let fresh = repo_with_config(config)?;
+    let root = fresh.path();
+    let doctor = cli(root, &["doctor", "--json"])?;
+    let findings: serde_json::Value = serde_json::from_slice(&doctor.stdout)?;
+    for identifier in ["taken", "reclaimed"] {
+        assert!(
+            findings.as_array().is_some_and(|all| all.iter().any(|f| {
+                f["kind"] == "database-of-gone-repository" && f["subject"] == db(identifier)
+            })),
+            "{findings:#}"
+        );
+    }
+    // A create of the same id in another clone takes the database over.
+    let taken = cli(
+        root,
+        &["create", "--purpose", &purpose, "--identifier", "taken"],
+    )?;
+    let stderr = String::from_utf8_lossy(&taken.stderr);
+    assert!(taken.status.success(), "{stderr}");
+    assert!(stderr.contains("taking it over"), "{stderr}");
+    // gc, run in any repository, reclaims the rest.
+    let gc: serde_json::Value = serde_json::from_str(&ok(root, &["gc", "--json"])?)?;
+    assert!(
+        gc["dropped_databases"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|n| *n == db("reclaimed"))),
+        "{gc:#}"
+    );
+    let left = names(root)?;
+    assert!(!left.contains(&db("reclaimed")), "{left:?}");
+    assert!(left.contains(&db("taken")), "{left:?}");
+    // The deleted repository's port leases went with its databases.
+    let owners: Vec<String> = leases(root)?
+        .into_iter()
+        .map(|(owner, _)| owner)
+        .filter(|owner| owner.contains(&purpose))
+        .collect();
+    assert_eq!(owners.len(), 1, "only the new clone's lease: {owners:?}");
+    ok(root, &["remove", &format!("{purpose}-taken")])?;
+    assert!(!names(root)?.contains(&db("taken")));
+    Ok(())
+}

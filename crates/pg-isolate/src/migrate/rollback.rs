@@ -424,7 +424,7 @@ impl Walk<'_> {
         // CREATE DATABASE ... TEMPLATE needs the source without connections.
         self.client = None;
         self.catalog = None;
-        let scratch = TestDatabase::create(self.server, Some(self.walker.name()))
+        let scratch = TestDatabase::create(self.server, Some(self.walker.name()), None)
             .map_err(server_error("cloning the scratch database"))?;
         let mut client = scratch
             .client()

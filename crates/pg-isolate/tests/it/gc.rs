@@ -102,6 +102,7 @@ fn expired_test_databases_and_unused_templates_are_collected() -> TestResult {
     let report = server.gc(&GcOptions {
         max_age: Some(Duration::ZERO),
         template_max_idle: Some(Duration::ZERO),
+        ..GcOptions::default()
     })?;
     let reason = |name: &str| {
         report
@@ -166,6 +167,7 @@ fn expired_test_databases_and_unused_templates_are_collected() -> TestResult {
     let report = other.gc(&GcOptions {
         max_age: Some(Duration::ZERO),
         template_max_idle: Some(Duration::ZERO),
+        ..GcOptions::default()
     })?;
     assert!(report.was_kept(&other_named), "{report:?}");
     assert!(report.was_dropped(other_test.name()), "{report:?}");
@@ -174,5 +176,100 @@ fn expired_test_databases_and_unused_templates_are_collected() -> TestResult {
         "{report:?}"
     );
     assert!(server.database_exists(&named)?);
+    Ok(())
+}
+
+fn templates_on(server: &pg_isolate::Server) -> TestResult<Vec<String>> {
+    Ok(server
+        .list_databases()?
+        .into_iter()
+        .filter(|db| db.is_template && db.name.starts_with(server.prefix()))
+        .map(|db| db.name)
+        .collect())
+}
+
+fn build(server: &pg_isolate::Server, key: &str) -> TestResult<pg_isolate::Template> {
+    Ok(server.template(key.as_bytes(), |client| {
+        client.batch_execute("CREATE TABLE t (v int)")?;
+        Ok(())
+    })?)
+}
+
+#[test]
+fn ten_migration_changes_leave_at_most_the_template_budget() -> TestResult {
+    let cluster = PrivateCluster::new()?;
+    let mut options = cluster.options.clone();
+    // Every open runs the cleanup (not only once a minute).
+    options.auto_gc = Some(Duration::ZERO);
+    let mut built = Vec::new();
+    for change in 0..10 {
+        if change == 1 || change == 9 {
+            // The first strictly least, the last strictly most recently used.
+            std::thread::sleep(Duration::from_millis(1100));
+        }
+        // A test run after a change of the migrations: a new process (here
+        // a new handle), a new template.
+        let server = pg_isolate::Server::connect(options.clone())?;
+        built.push(
+            build(&server, &format!("migrations v{change}"))?
+                .name()
+                .to_owned(),
+        );
+    }
+    // The next run's open cleans up by itself.
+    let server = pg_isolate::Server::connect(options.clone())?;
+    let kept = templates_on(&server)?;
+    assert_eq!(
+        kept.len(),
+        pg_isolate::TemplateBudget::default().max_templates,
+        "{kept:?}"
+    );
+    assert!(!kept.contains(&built[0]), "the least recently used goes");
+    assert!(kept.contains(&built[9]), "the newest stays");
+    Ok(())
+}
+
+#[test]
+fn a_template_in_use_is_never_evicted() -> TestResult {
+    let cluster = PrivateCluster::new()?;
+    let mut options = cluster.options.clone();
+    options.auto_gc = None;
+    let holder = pg_isolate::Server::connect(options.clone())?;
+    let held = build(&holder, "held")?;
+    std::thread::sleep(Duration::from_millis(1100));
+    let newer = {
+        let other = pg_isolate::Server::connect(options.clone())?;
+        build(&other, "newer")?.name().to_owned()
+    };
+    options.template_budget.max_templates = 1;
+    let tight = pg_isolate::Server::connect(options)?;
+    let report = tight.gc(&GcOptions::default())?;
+    assert!(
+        report
+            .kept
+            .iter()
+            .any(|e| e.name == held.name() && e.reason == GcReason::TemplateInUse),
+        "held by a live handle: {report:?}"
+    );
+    assert!(report.was_kept(&newer), "{report:?}");
+    // A test database of it keeps it too, once the handle is gone.
+    let db = held.test_database()?;
+    drop(held);
+    drop(holder);
+    let report = tight.gc(&GcOptions::default())?;
+    assert!(tight.database_exists(db.name())?);
+    assert_eq!(templates_on(&tight)?.len(), 2, "{report:?}");
+    let name = db.name().to_owned();
+    drop(db);
+    assert!(!tight.database_exists(&name)?);
+    let report = tight.gc(&GcOptions::default())?;
+    assert!(
+        report
+            .dropped
+            .iter()
+            .any(|e| e.reason == GcReason::OverBudget),
+        "{report:?}"
+    );
+    assert_eq!(templates_on(&tight)?, vec![newer]);
     Ok(())
 }

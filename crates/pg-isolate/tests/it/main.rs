@@ -7,6 +7,7 @@ mod migrate_rollback;
 mod migrate_run;
 // -- end migrations tests --
 
+mod birth;
 mod databases;
 mod fuzz;
 mod gc;
@@ -22,9 +23,23 @@ use std::time::{Duration, Instant};
 use pg_isolate::{Server, ServerOptions};
 use test_support::TestResult;
 
-/// The host's shared server, as a test suite would use it.
+/// The options of the server every test of this binary (and its child
+/// processes) shares, as a test suite would share one: the default
+/// settings, except for a cluster of this suite's own, never the host's
+/// default cluster, whose server stops itself soon after the last test.
+pub(crate) fn suite_options() -> TestResult<ServerOptions> {
+    let mut options = ServerOptions::default();
+    options.embedded.cache_dir = Some(test_support::suite_cluster_dir(
+        env!("CARGO_TARGET_TMPDIR"),
+        "pg-isolate",
+    )?);
+    options.embedded.idle_timeout = Duration::from_secs(20);
+    Ok(options)
+}
+
+/// The suite's shared server ([`suite_options`]).
 pub(crate) fn shared() -> TestResult<Server> {
-    Ok(Server::connect(ServerOptions::default())?)
+    Ok(Server::connect(suite_options()?)?)
 }
 
 /// A name no other test or test process uses.

@@ -17,6 +17,16 @@ fn select_one(server: &Server) -> TestResult<i32> {
 
 #[test]
 fn processes_attach_to_one_shared_server() -> TestResult {
+    if child::args().is_some() {
+        let process_wide = Server::shared()?;
+        assert_eq!(Server::shared()?.url("x"), process_wide.url("x"));
+        assert_eq!(
+            Server::shared()?.embedded_pid(),
+            process_wide.embedded_pid()
+        );
+        emit("URL", process_wide.url("x"));
+        return Ok(());
+    }
     let first = shared()?;
     let second = shared()?;
     assert_eq!(first.url("postgres"), second.url("postgres"));
@@ -24,10 +34,26 @@ fn processes_attach_to_one_shared_server() -> TestResult {
     assert!(first.embedded_pid().is_some_and(alive));
     assert!(first.major_version() >= 10);
     assert_eq!(select_one(&second)?, 1);
-    let process_wide = Server::shared()?;
-    assert_eq!(process_wide.url("x"), first.url("x"));
-    assert_eq!(Server::shared()?.url("x"), first.url("x"));
+    // `Server::shared()` (default options, so the suite's cluster is given
+    // by PG_ISOLATE_CACHE_DIR) is one handle per process, on that server.
+    let mut command = child::command("server::processes_attach_to_one_shared_server", &[])?;
+    let dir = suite_dir()?;
+    command.env("PG_ISOLATE_CACHE_DIR", &dir);
+    let stdout = child::wait_success(
+        command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?,
+    )?;
+    assert_eq!(values(&stdout, "URL"), [first.url("x")], "{stdout}");
     Ok(())
+}
+
+fn suite_dir() -> TestResult<PathBuf> {
+    crate::suite_options()?
+        .embedded
+        .cache_dir
+        .ok_or_else(|| "the suite names its cluster".into())
 }
 
 #[test]
@@ -291,6 +317,29 @@ fn idle_server_stops_itself() -> TestResult {
     let again = cluster.connect()?;
     assert_eq!(again.url("app"), url);
     assert_eq!(select_one(&again)?, 1);
+    Ok(())
+}
+
+#[test]
+fn a_named_database_keeps_the_idle_server_up() -> TestResult {
+    let mut cluster = PrivateCluster::new()?;
+    cluster.options.embedded.idle_timeout = Duration::from_millis(600);
+    let server = cluster.connect()?;
+    let pid = server.embedded_pid().ok_or("embedded")?;
+    let named = server.create_database("worktree_db", pg_isolate::CreateOptions::default())?;
+    let url = server.url(&named);
+    drop(server);
+    // No client for many idle periods: a worktree's URL must keep working.
+    std::thread::sleep(Duration::from_millis(3000));
+    assert!(alive(pid), "stopped while a named database exists");
+    let mut client = postgres::Client::connect(&url, postgres::NoTls)?;
+    assert_eq!(client.query_one("SELECT 1", &[])?.get::<_, i32>(0), 1);
+    drop(client);
+    // Once it is gone, the server stops when idle again.
+    cluster.connect()?.drop_database(&named)?;
+    eventually("the idle server to stop", Duration::from_secs(60), || {
+        Ok(!alive(pid))
+    })?;
     Ok(())
 }
 

@@ -124,7 +124,7 @@ fn failed_test_keeps_its_database_when_asked() -> TestResult {
     if let Some(args) = child::args() {
         let options = ServerOptions {
             keep_failed: args[0] == "keep",
-            ..ServerOptions::default()
+            ..crate::suite_options()?
         };
         let server = Server::connect(options)?;
         let db = server.test_database()?;
