@@ -112,10 +112,16 @@ pub(crate) fn run_foreground(
     let terminal = Foreground::give(group);
     // Exited, but not reaped: until it is, its pid (the group id) cannot be
     // reused, so the group can be signalled safely below.
-    let exited = waitid(
-        Id::Pid(Pid::from_raw(group)),
-        WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
-    );
+    let exited = loop {
+        match waitid(
+            Id::Pid(Pid::from_raw(group)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+        ) {
+            // A signal handled meanwhile: CMD still runs.
+            Err(nix::errno::Errno::EINTR) => {}
+            other => break other,
+        }
+    };
     drop(terminal);
     command_group.store(0, Ordering::SeqCst);
     if !procs::terminate(&[Target::Group(group)], GRACE).is_empty() {
