@@ -156,7 +156,13 @@ impl Repo {
     /// Worktree files holding a URL it no longer answers on are rewritten
     /// ([`Repo::refresh_urls`]).
     pub(crate) fn server(&self) -> Result<pg_isolate::Server> {
-        let server = open_server(&self.config, None)?;
+        self.server_with(Cleanup::Automatic)
+    }
+
+    /// Like [`Repo::server`], with pg-isolate's automatic cleanup on or
+    /// off (off for dry runs and reports, which must drop nothing).
+    pub(crate) fn server_with(&self, cleanup: Cleanup) -> Result<pg_isolate::Server> {
+        let server = open_server(&self.config, None, cleanup)?;
         self.refresh_urls(&server);
         Ok(server)
     }
@@ -230,8 +236,28 @@ pub(crate) fn open_ports(config: &Config) -> Result<port_alloc::PortAllocator> {
 
 /// Connects to `url`, else the configured URL, else `PG_ISOLATE_URL`, else
 /// the embedded server (started if needed, which can take a moment).
-pub(crate) fn open_server(config: &Config, url: Option<&str>) -> Result<pg_isolate::Server> {
-    let options = pg_isolate::ServerOptions {
+/// Whether opening the server may run pg-isolate's automatic cleanup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cleanup {
+    /// As every program using pg-isolate does: at most once a minute.
+    Automatic,
+    /// Never: a dry run or a report must not drop anything.
+    Off,
+}
+
+impl Cleanup {
+    /// Off for a dry run, automatic otherwise.
+    pub(crate) fn unless(dry_run: bool) -> Self {
+        if dry_run { Self::Off } else { Self::Automatic }
+    }
+}
+
+pub(crate) fn open_server(
+    config: &Config,
+    url: Option<&str>,
+    cleanup: Cleanup,
+) -> Result<pg_isolate::Server> {
+    let mut options = pg_isolate::ServerOptions {
         url: url
             .map(str::to_owned)
             .or_else(|| config.database.url.clone()),
@@ -242,6 +268,9 @@ pub(crate) fn open_server(config: &Config, url: Option<&str>) -> Result<pg_isola
         },
         ..pg_isolate::ServerOptions::default()
     };
+    if cleanup == Cleanup::Off {
+        options.auto_gc = None;
+    }
     let server = pg_isolate::Server::connect(options)?;
     if let Some(recovery) = server.recovery() {
         // Someone's server died without shutting down: say what was done.

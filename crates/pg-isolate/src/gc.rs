@@ -422,8 +422,10 @@ impl Server {
             Ok(rows
                 .iter()
                 .map(|row| {
-                    let size: i64 = row.get(1);
-                    (row.get(0), u64::try_from(size).unwrap_or(0))
+                    // NULL when the database's files are already gone (one
+                    // being dropped by another process's gc).
+                    let size: Option<i64> = row.get(1);
+                    (row.get(0), size.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
                 })
                 .collect())
         })

@@ -105,7 +105,12 @@ impl OwnerRecord {
             && self
                 .owner_path
                 .as_deref()
-                .is_some_and(|path| !path.as_os_str().is_empty() && !path.exists())
+                // Gone only when the system says so: a path we may not read
+                // (another user's home) or cannot reach (an unmounted
+                // share) is not gone.
+                .is_some_and(|path| {
+                    !path.as_os_str().is_empty() && matches!(path.try_exists(), Ok(false))
+                })
     }
 
     /// Whether the owning process is on this host (same boot) and gone.
@@ -140,12 +145,22 @@ pub(crate) fn host() -> &'static Host {
                 .map(|s| s.trim().to_owned())
                 .unwrap_or_default()
         };
-        let mut name = read("/proc/sys/kernel/hostname");
-        if name.is_empty() {
-            name = read("/etc/hostname");
+        let mut hostname = read("/proc/sys/kernel/hostname");
+        if hostname.is_empty() {
+            hostname = read("/etc/hostname");
         }
+        // A host name alone does not tell a machine, nor a container that
+        // shares it (`--uts host`), whose pids are not ours to judge: the
+        // machine id and the pid namespace are part of "this host".
+        let mut machine = read("/etc/machine-id");
+        if machine.is_empty() {
+            machine = read("/var/lib/dbus/machine-id");
+        }
+        let pid_namespace = std::fs::read_link("/proc/self/ns/pid")
+            .map(|link| link.display().to_string())
+            .unwrap_or_default();
         Host {
-            name,
+            name: format!("{hostname}/{machine}/{pid_namespace}"),
             boot_id: read("/proc/sys/kernel/random/boot_id"),
         }
     })

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{InputError, print_json, progress};
 use crate::cli::{CheckRollbackArgs, DbCommand, MigrateArgs};
 use crate::config::Config;
-use crate::context::{Repo, load_migrations, open_server};
+use crate::context::{Cleanup, Repo, load_migrations, open_server};
 use crate::database_gc::server_gc;
 
 pub(super) fn run(command: DbCommand) -> Result<ExitCode> {
@@ -27,7 +27,7 @@ pub(super) fn run(command: DbCommand) -> Result<ExitCode> {
 fn gc(dry_run: bool, json: bool) -> Result<ExitCode> {
     let repo = repo_if_any();
     let config = repo.as_ref().map(|r| r.config.clone()).unwrap_or_default();
-    let server = open_server(&config, None)?;
+    let server = open_server(&config, None, Cleanup::unless(dry_run))?;
     let rows = server_gc(&server, dry_run)?;
     if json {
         print_json(&rows)?;
@@ -192,7 +192,7 @@ fn check_rollback(args: &CheckRollbackArgs) -> Result<ExitCode> {
         migrations.len(),
         migrations.dir().display()
     ));
-    let server = open_server(&config, args.url.as_deref())?;
+    let server = open_server(&config, args.url.as_deref(), Cleanup::Automatic)?;
     let options = pg_isolate::RollbackOptions {
         from: args.from.clone(),
         to: args.to.clone(),
@@ -241,8 +241,12 @@ struct DatabaseRow {
     is_template: bool,
 }
 
-fn ours(repo: Option<&Repo>, config: &Config) -> Result<(pg_isolate::Server, Vec<DatabaseRow>)> {
-    let server = open_server(config, None)?;
+fn ours(
+    repo: Option<&Repo>,
+    config: &Config,
+    cleanup: Cleanup,
+) -> Result<(pg_isolate::Server, Vec<DatabaseRow>)> {
+    let server = open_server(config, None, cleanup)?;
     let rows = server
         .list_databases()?
         .into_iter()
@@ -267,7 +271,7 @@ fn ours(repo: Option<&Repo>, config: &Config) -> Result<(pg_isolate::Server, Vec
 fn list(orphans: bool, json: bool) -> Result<ExitCode> {
     let repo = repo_if_any();
     let config = repo.as_ref().map(|r| r.config.clone()).unwrap_or_default();
-    let (_server, mut rows) = ours(repo.as_ref(), &config)?;
+    let (_server, mut rows) = ours(repo.as_ref(), &config, Cleanup::Automatic)?;
     if orphans {
         let repo = repo.as_ref().context("--orphans needs a git repository")?;
         let known: BTreeSet<String> = repo.registry.read()?.entries.into_keys().collect();
@@ -306,7 +310,7 @@ fn clean(prefix: Option<&str>, dry_run: bool) -> Result<ExitCode> {
     }
     let repo = Repo::discover()?;
     let prefix = prefix.unwrap_or(&repo.config.database.prefix);
-    let (server, rows) = ours(Some(&repo), &repo.config)?;
+    let (server, rows) = ours(Some(&repo), &repo.config, Cleanup::unless(dry_run))?;
     let in_use: BTreeSet<String> = repo
         .registry
         .read()?

@@ -9,7 +9,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::{print_json, progress};
-use crate::context::Repo;
+use crate::context::{Cleanup, Repo};
 use crate::database_gc::{of_gone_repository, take_back};
 use crate::lifecycle::{Teardown, abandoned, teardown, unchanged};
 use crate::state::{Phase, Worktrees};
@@ -166,7 +166,8 @@ pub(super) fn run(fix: bool, json: bool) -> Result<ExitCode> {
     }
 
     if repo.config.database.enabled {
-        let server = repo.server()?;
+        // Without --fix doctor only reports: no automatic cleanup either.
+        let server = repo.server_with(Cleanup::unless(!fix))?;
         let referenced: BTreeSet<&str> = doc
             .entries
             .values()

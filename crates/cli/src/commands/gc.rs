@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::info::statuses;
 use super::{age, print_json, progress};
 use crate::cli::GcArgs;
-use crate::context::Repo;
+use crate::context::{Cleanup, Repo};
 use crate::database_gc::{reclaim_gone_repositories, server_gc};
 use crate::lifecycle::{Teardown, abandoned, teardown};
 use crate::state::Phase;
@@ -128,7 +128,7 @@ pub(super) fn run(args: &GcArgs) -> Result<ExitCode> {
         }
     }
     if repo.config.database.enabled {
-        let server = repo.server()?;
+        let server = repo.server_with(Cleanup::unless(args.dry_run))?;
         let rows = server_gc(&server, args.dry_run)?;
         report.dropped_databases = rows.dropped.into_iter().map(|r| r.name).collect();
         let (dropped, released) = reclaim_gone_repositories(&server, &repo.ports()?, args.dry_run)?;

@@ -109,7 +109,11 @@ fn two_users_leasing_at_once_get_disjoint_ports() -> TestResult {
     let binary = shared.path().join("isolane");
     std::fs::copy(env!("CARGO_BIN_EXE_isolane"), &binary)?;
     std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755))?;
+    // Made by root, as the README asks of a multi-user host (the first
+    // user's isolane could not create it in a directory of root's).
     let claims = shared.path().join("claims");
+    std::fs::create_dir(&claims)?;
+    std::fs::set_permissions(&claims, std::fs::Permissions::from_mode(0o1777))?;
 
     // Exactly the ports both users need between them: a port leased to
     // both would leave one of them short.
