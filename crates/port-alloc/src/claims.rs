@@ -134,6 +134,16 @@ impl Claims {
     /// extended) is taken over.
     pub(crate) fn claim(&self, port: u16, owner: &str, name: &str) -> Result<bool, Error> {
         let target = self.path(port);
+        // Already ours as it would be written (a lease extended, whose
+        // existing ports are claimed again): nothing to write.
+        if self.record(&target).is_some_and(|record| {
+            record.uid == self.uid
+                && record.document == self.document
+                && record.owner == owner
+                && record.name == name
+        }) {
+            return Ok(true);
+        }
         let temp = self.write_temp(port, owner, name)?;
         let outcome = self.link_or_take_over(&temp, &target);
         // The temp name is ours alone; the claim, if made, is the link.
@@ -197,18 +207,19 @@ impl Claims {
         Ok(temp)
     }
 
-    fn holder(&self, path: &Path) -> Holder {
-        let Ok(meta) = fs::symlink_metadata(path) else {
-            // Gone meanwhile: whoever links next gets it; not ours now.
-            return Holder::Other;
-        };
+    /// The record of the claim at `path` if it is a file of our uid that
+    /// reads as one (`None` when it is gone meanwhile, another user's, or
+    /// unreadable).
+    fn record(&self, path: &Path) -> Option<Record> {
+        let meta = fs::symlink_metadata(path).ok()?;
         if meta.uid() != self.uid || !meta.is_file() {
-            return Holder::Other;
+            return None;
         }
-        let record = fs::read(path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<Record>(&bytes).ok());
-        match record {
+        serde_json::from_slice(&fs::read(path).ok()?).ok()
+    }
+
+    fn holder(&self, path: &Path) -> Holder {
+        match self.record(path) {
             Some(record) if record.uid == self.uid && record.document == self.document => {
                 Holder::Us
             }
