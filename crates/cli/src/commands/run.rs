@@ -30,7 +30,6 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
         .context("cannot install signal handlers")?;
 
     let repo = Repo::discover()?;
-    runs::stop_leftovers(&repo)?;
     let (entry, mut env) = open_ready(&repo, &args.id)?;
     // Only the program's name: arguments may hold secrets, and the reason
     // shows in `git worktree list`, `isolane show` and gc's report.
@@ -40,7 +39,8 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
         .lock(&entry.id, &reason, registry::ProcessIdentity::current())
         .with_context(|| format!("cannot mark worktree {} as in use", entry.id))?;
 
-    // Recorded before anything is started: from here on a kill of isolane
+    // Recorded before anything is started (`begin` first stops what a
+    // killed run left): from here on a kill of isolane
     // leaves a record that the next command acts on.
     let outcome = runs::begin(&repo, &entry.id).and_then(|token| {
         env.insert(runs::TOKEN_VAR.to_owned(), token.clone());
