@@ -33,6 +33,8 @@
 //! let state = tempfile::tempdir()?;
 //! let ports = PortAllocator::open(Options {
 //!     state_dir: Some(state.path().to_owned()),
+//!     // Host-wide claims belong in the shared default; a doc test keeps its own.
+//!     claims_dir: Some(state.path().join("claims")),
 //!     ..Options::default()
 //! })?;
 //! let lease = ports.lease("test-integration-api", &["APP_PORT", "API_PORT"], Holder::current_process())?;
