@@ -64,7 +64,7 @@ fn latency(config: &Config, report: &mut Report) -> BenchResult {
         iterations,
         || {
             let start = Instant::now();
-            let lease = ports.lease("bench-owner", &NAMES, holder)?;
+            let lease = ports.lease("bench-owner", &NAMES, holder.clone())?;
             lease_times.push(start.elapsed());
             let start = Instant::now();
             let released = ports.release_owner("bench-owner")?;

@@ -130,7 +130,10 @@ fn build(
     registry::fault_point("create.after_worktree");
 
     let names: Vec<&str> = port_names.iter().map(String::as_str).collect();
-    let lease = ports.lease(&repo.owner(id), &names, port_alloc::Holder::Manual)?;
+    // Held while the repository exists: one deleted without `isolane
+    // remove` (a CI workspace) gives its ports back at the next reclaim.
+    let holder = port_alloc::Holder::Path(repo.common_dir.clone());
+    let lease = ports.lease(&repo.owner(id), &names, holder)?;
     record(repo, id, |entry| entry.ports = lease.ports.clone())?;
     registry::fault_point("create.after_ports");
 

@@ -48,7 +48,7 @@ pub struct Options {
 }
 
 /// What keeps a lease alive; anything else is reclaimed automatically.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Holder {
     /// Alive while this process runs; reclaimed once it has exited or its
@@ -63,6 +63,11 @@ pub enum Holder {
     /// Alive until released; never reclaimed automatically (for owners such
     /// as worktrees, whose cleanup is someone else's job).
     Manual,
+    /// Alive while this path exists on the host (a repository, a CI
+    /// workspace); reclaimed once it is gone, so an owner deleted without
+    /// releasing its lease does not keep its ports forever. A path that
+    /// cannot be checked (no permission) counts as present.
+    Path(PathBuf),
 }
 
 impl Holder {
@@ -71,11 +76,12 @@ impl Holder {
         Self::Process(ProcessIdentity::current())
     }
 
-    fn stored(self, now_ms: u64) -> StoredHolder {
+    fn stored(&self, now_ms: u64) -> StoredHolder {
         match self {
-            Self::Process(identity) => StoredHolder::process(identity),
-            Self::Expires { ttl } => StoredHolder::expires(ttl, now_ms),
+            Self::Process(identity) => StoredHolder::process(*identity),
+            Self::Expires { ttl } => StoredHolder::expires(*ttl, now_ms),
             Self::Manual => StoredHolder::Manual,
+            Self::Path(path) => StoredHolder::Path { path: path.clone() },
         }
     }
 
@@ -88,6 +94,7 @@ impl Holder {
                 ttl: Duration::from_millis(ttl_ms),
             },
             StoredHolder::Manual => Self::Manual,
+            StoredHolder::Path { ref path } => Self::Path(path.clone()),
         }
     }
 }
@@ -134,6 +141,8 @@ pub enum Liveness {
     },
     /// Held until released.
     Manual,
+    /// Held while its path exists, and it does.
+    PathExists,
     /// No longer held; the next lease or [`reclaim`](PortAllocator::reclaim)
     /// frees it.
     Stale(StaleReason),
@@ -159,6 +168,8 @@ pub enum StaleReason {
         /// How long ago it expired.
         ago: Duration,
     },
+    /// The path that held it ([`Holder::Path`]) no longer exists.
+    PathGone,
 }
 
 /// One lease as listed by [`PortAllocator::list`].
@@ -710,5 +721,9 @@ fn liveness(holder: &StoredHolder, now_ms: u64) -> Liveness {
             }
         }
         StoredHolder::Manual => Liveness::Manual,
+        StoredHolder::Path { ref path } => match path.try_exists() {
+            Ok(false) => Liveness::Stale(StaleReason::PathGone),
+            Ok(true) | Err(_) => Liveness::PathExists,
+        },
     }
 }

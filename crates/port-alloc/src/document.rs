@@ -37,6 +37,8 @@ pub(crate) enum StoredHolder {
     Expires { ttl_ms: u64, expires_unix_ms: u64 },
     /// Alive until released.
     Manual,
+    /// Alive while `path` exists.
+    Path { path: std::path::PathBuf },
 }
 
 impl StoredHolder {

@@ -71,6 +71,7 @@ fn list(ports: &port_alloc::PortAllocator, json: bool) -> Result<ExitCode> {
                 port_alloc::Liveness::Running => "running",
                 port_alloc::Liveness::Fresh { .. } => "fresh",
                 port_alloc::Liveness::Manual => "manual",
+                port_alloc::Liveness::PathExists => "repository",
                 _ => "stale",
             },
             owner: lease.owner,

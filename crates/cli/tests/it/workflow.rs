@@ -343,6 +343,18 @@ fn databases_of_a_deleted_repository_are_reclaimed_or_taken_over() -> TestResult
             &["create", "--purpose", &purpose, "--identifier", identifier],
         )?;
     }
+    // A worktree without a database: only its port lease says it existed.
+    ok(
+        gone.path(),
+        &[
+            "create",
+            "--purpose",
+            &purpose,
+            "--identifier",
+            "nodb",
+            "--no-db",
+        ],
+    )?;
     // CI deletes its workspace without `isolane remove`.
     std::fs::remove_dir_all(gone.path())?;
 
@@ -383,6 +395,8 @@ fn databases_of_a_deleted_repository_are_reclaimed_or_taken_over() -> TestResult
         .map(|(owner, _)| owner)
         .filter(|owner| owner.contains(&purpose))
         .collect();
+    // The --no-db worktree's lease too, though no database named it: it
+    // was held by the deleted repository's path.
     assert_eq!(owners.len(), 1, "only the new clone's lease: {owners:?}");
     ok(root, &["remove", &format!("{purpose}-taken")])?;
     assert!(!names(root)?.contains(&db("taken")));

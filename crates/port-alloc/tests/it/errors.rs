@@ -26,7 +26,7 @@ fn bad_names_are_refused() -> TestResult {
     let holder = Holder::Manual;
 
     let error = ports
-        .lease("wt", &[], holder)
+        .lease("wt", &[], holder.clone())
         .err()
         .ok_or("no names accepted")?;
     assert!(
@@ -35,7 +35,7 @@ fn bad_names_are_refused() -> TestResult {
     );
 
     let error = ports
-        .lease("wt", &["APP_PORT", ""], holder)
+        .lease("wt", &["APP_PORT", ""], holder.clone())
         .err()
         .ok_or("empty name accepted")?;
     assert!(
@@ -44,7 +44,7 @@ fn bad_names_are_refused() -> TestResult {
     );
 
     let error = ports
-        .lease("wt", &["APP_PORT", "API_PORT", "APP_PORT"], holder)
+        .lease("wt", &["APP_PORT", "API_PORT", "APP_PORT"], holder.clone())
         .err()
         .ok_or("duplicate accepted")?;
     assert!(
@@ -57,19 +57,19 @@ fn bad_names_are_refused() -> TestResult {
     );
 
     let error = ports
-        .lease("wt", &["APP\nPORT"], holder)
+        .lease("wt", &["APP\nPORT"], holder.clone())
         .err()
         .ok_or("control character accepted")?;
     assert!(matches!(error, Error::InvalidName { .. }), "{error:?}");
 
     let error = ports
-        .lease("", &["APP_PORT"], holder)
+        .lease("", &["APP_PORT"], holder.clone())
         .err()
         .ok_or("empty owner accepted")?;
     assert!(matches!(error, Error::InvalidOwner { .. }), "{error:?}");
 
     let error = ports
-        .lease("wt", &["A", "B", "C", "D", "E"], holder)
+        .lease("wt", &["A", "B", "C", "D", "E"], holder.clone())
         .err()
         .ok_or("more names than ports accepted")?;
     assert!(

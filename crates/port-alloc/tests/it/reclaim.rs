@@ -192,6 +192,41 @@ fn manual_leases_are_never_reclaimed() -> TestResult {
     Ok(())
 }
 
+#[test]
+fn path_leases_live_while_their_path_exists() -> TestResult {
+    let state = tempfile::tempdir()?;
+    let repos = tempfile::tempdir()?;
+    let (kept, deleted) = (repos.path().join("kept"), repos.path().join("deleted"));
+    std::fs::create_dir(&kept)?;
+    std::fs::create_dir(&deleted)?;
+    let ports = allocator(state.path(), 30440..30472)?;
+    let kept_lease = ports.lease("kept", &["APP_PORT"], Holder::Path(kept.clone()))?;
+    let deleted_lease = ports.lease("deleted", &["APP_PORT"], Holder::Path(deleted.clone()))?;
+    assert!(ports.reclaim()?.is_empty(), "both paths exist");
+    let listed = ports.list()?;
+    assert!(
+        listed
+            .iter()
+            .all(|l| l.liveness == Liveness::PathExists && matches!(&l.holder, Holder::Path(_))),
+        "{listed:?}"
+    );
+
+    // The owner is deleted without releasing its lease (a CI workspace).
+    std::fs::remove_dir_all(&deleted)?;
+    let reclaimed = ports.reclaim()?;
+    assert_eq!(reclaimed.len(), 1, "{reclaimed:?}");
+    assert_eq!(reclaimed[0].owner, "deleted");
+    assert_eq!(reclaimed[0].reason, StaleReason::PathGone);
+    assert_eq!(reclaimed[0].ports, deleted_lease.ports);
+    let owners: Vec<String> = ports.list()?.into_iter().map(|l| l.owner).collect();
+    assert_eq!(owners, ["kept"]);
+    assert_eq!(
+        ports.release_owner("kept")?,
+        kept_lease.ports.values().copied().collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
 /// Child: lease and release over and over until killed.
 fn churning_child(args: &[String]) -> TestResult {
     let [state, start, end, owner] = args else {
