@@ -59,20 +59,26 @@ pub(crate) fn of_gone_repository(database: &pg_isolate::DatabaseInfo) -> bool {
 }
 
 /// Takes back what a deleted repository's worktree held, given its
-/// database ([`of_gone_repository`]): drops the database, then releases the
-/// port lease of the same owner (the database's label is the lease owner).
-/// Returns the ports released.
+/// database ([`of_gone_repository`]): drops the database if it is still the
+/// gone repository's (another process may have taken it over since it was
+/// listed), then releases the port lease of the same owner (the database's
+/// label is the lease owner). Returns the ports released, or `None` if the
+/// database was no longer the gone repository's.
 pub(crate) fn take_back(
     server: &pg_isolate::Server,
     ports: &port_alloc::PortAllocator,
     database: &pg_isolate::DatabaseInfo,
-) -> Result<Vec<u16>> {
-    server.drop_database(&database.name)?;
+) -> Result<Option<Vec<u16>>> {
+    let same_owner =
+        |now: &pg_isolate::DatabaseInfo| of_gone_repository(now) && now.owner == database.owner;
+    if !server.drop_database_if(&database.name, same_owner)? {
+        return Ok(None);
+    }
     let owner = database.owner.as_ref().and_then(|o| o.label.as_deref());
-    Ok(match owner {
+    Ok(Some(match owner {
         Some(owner) => ports.release_owner(owner)?,
         None => Vec::new(),
-    })
+    }))
 }
 
 /// Takes back the databases and leases of every repository that is gone
@@ -89,7 +95,10 @@ pub(crate) fn reclaim_gone_repositories(
             continue;
         }
         if !dry_run {
-            released.extend(take_back(server, ports, &database)?);
+            match take_back(server, ports, &database)? {
+                Some(ports) => released.extend(ports),
+                None => continue,
+            }
         }
         dropped.push(database.name);
     }

@@ -189,6 +189,38 @@ impl Server {
         self.drop_owned(&name, info.is_template)
     }
 
+    /// Drops database `name` (exactly as listed) if, looked at again while
+    /// holding a server-wide lock on the name, it is still ours and
+    /// `still` holds for it. Returns whether it was dropped.
+    ///
+    /// For taking over what another owner left (a database of a deleted
+    /// repository): two processes that both saw the old owner's database
+    /// must not both drop "it", or the second drops the fresh database the
+    /// first created under the same name. Waits at most a minute for the
+    /// lock.
+    pub fn drop_database_if(
+        &self,
+        name: &str,
+        still: impl Fn(&DatabaseInfo) -> bool,
+    ) -> Result<bool, Error> {
+        let key = name_lock(name);
+        let mut locker = self.admin_client()?;
+        locker
+            .batch_execute("SET lock_timeout = '60s'")
+            .and_then(|()| locker.execute("SELECT pg_advisory_lock($1)", &[&key]))
+            .map_err(|e| Error::sql("locking the name of", name, e))?;
+        let dropped = match self.database_info(name) {
+            Ok(Some(info)) if info.owner.is_some() && still(&info) => {
+                self.drop_owned(name, info.is_template).map(|()| true)
+            }
+            Ok(_) => Ok(false),
+            Err(error) => Err(error),
+        };
+        // Closing the connection would release it as well.
+        let _ = locker.execute("SELECT pg_advisory_unlock($1)", &[&key]);
+        dropped
+    }
+
     /// Drops database `name` (exactly as listed) left under its birth name
     /// by a create whose process is gone
     /// ([`DatabaseInfo::interrupted_create`]); refuses any other database
@@ -313,6 +345,16 @@ impl Server {
 /// `synchronous_commit` (the embedded server's is off): `CREATE DATABASE`
 /// always commits synchronously, and a record lost to a server crash right
 /// after would leave a database nobody may drop.
+/// The advisory lock key (one-key space) serialising look-then-drop of
+/// database `name`.
+fn name_lock(name: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest([b"pg-isolate name\0".as_slice(), name.as_bytes()].concat());
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(key)
+}
+
 pub(crate) fn comment_sql(name: &str, record: &OwnerRecord) -> String {
     format!(
         // One simple query of two statements is one implicit transaction:

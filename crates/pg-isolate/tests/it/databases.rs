@@ -226,3 +226,69 @@ fn writes_in_one_database_are_invisible_in_another() -> TestResult {
     assert_eq!(in_c, 0);
     Ok(())
 }
+
+#[test]
+fn racing_takeovers_never_drop_the_winners_fresh_database() -> TestResult {
+    let server = shared()?;
+    for round in 0..3 {
+        let short = unique(&format!("takeover{round}"));
+        let name = server.create_database(
+            &short,
+            CreateOptions {
+                label: Some("gone owner"),
+                ..CreateOptions::default()
+            },
+        )?;
+        let seen = server
+            .list_databases()?
+            .into_iter()
+            .find(|i| i.name == name)
+            .ok_or("listed")?;
+        // Both saw the old owner's database and take it over at once.
+        let barrier = std::sync::Barrier::new(2);
+        let outcomes: Vec<Result<bool, Error>> = std::thread::scope(|scope| {
+            let racers: Vec<_> = ["first", "second"]
+                .into_iter()
+                .map(|label| {
+                    let (server, seen, barrier, name) = (&server, &seen, &barrier, &name);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        server.drop_database_if(name, |now| now.owner == seen.owner)?;
+                        let options = CreateOptions {
+                            label: Some(label),
+                            ..CreateOptions::default()
+                        };
+                        server.create_database(name, options).map(|_| true)
+                    })
+                })
+                .collect();
+            racers
+                .into_iter()
+                .map(|racer| racer.join().unwrap_or(Ok(false)))
+                .collect()
+        });
+        let won = outcomes.iter().filter(|o| matches!(o, Ok(true))).count();
+        assert_eq!(won, 1, "exactly one takes it over: {outcomes:?}");
+        assert!(
+            outcomes
+                .iter()
+                .any(|o| matches!(o, Err(Error::DatabaseExists { .. }))),
+            "the other is told it exists: {outcomes:?}"
+        );
+        let label = server
+            .list_databases()?
+            .into_iter()
+            .find(|i| i.name == name)
+            .and_then(|i| i.owner)
+            .and_then(|o| o.label)
+            .ok_or("the winner's database is there")?;
+        assert_ne!(label, "gone owner");
+        // The loser's view is stale: the database it saw is gone, and the
+        // winner's fresh one under the same name is left alone.
+        assert!(!server.drop_database_if(&name, |now| now.owner == seen.owner)?);
+        assert!(server.database_exists(&name)?);
+        assert!(server.drop_database_if(&name, |_| true)?);
+        assert!(!server.database_exists(&name)?);
+    }
+    Ok(())
+}
