@@ -456,13 +456,10 @@ impl Server {
         if !try_lock(lock)? {
             return Err(GcReason::TemplateInUse);
         }
-        // This handle's own hold does not stop its own gc.
-        let held = self.release_hold(hold_lock(lock));
+        // A hold of this very handle counts like any other: the handle may
+        // be shared (a `static` in a test binary) by code still cloning it.
         if !try_lock(hold_lock(lock))? {
             let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&lock]);
-            if held {
-                let _ = self.hold(hold_lock(lock));
-            }
             return Err(GcReason::TemplateInUse);
         }
         let result = self.gc_drop(info, dry_run);
@@ -470,9 +467,6 @@ impl Server {
             "SELECT pg_advisory_unlock($1), pg_advisory_unlock($2)",
             &[&lock, &hold_lock(lock)],
         );
-        if held && (dry_run || result.is_err()) {
-            let _ = self.hold(hold_lock(lock));
-        }
         result.map(|()| reason).map_err(failed)
     }
 

@@ -379,25 +379,6 @@ impl Server {
         Ok(())
     }
 
-    /// Gives up this handle's hold lock `lock`, if it has it (its own gc
-    /// is about to drop the template). Returns whether it had it.
-    pub(crate) fn release_hold(&self, lock: i64) -> bool {
-        let mut holds = self
-            .inner
-            .holds
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !holds.locks.remove(&lock) {
-            return false;
-        }
-        if let Some(client) = holds.client.as_mut() {
-            // Taken once per connection, so one unlock releases it; a
-            // failure means the connection (and with it the lock) is gone.
-            let _ = client.execute("SELECT pg_advisory_unlock_shared($1)", &[&lock]);
-        }
-        true
-    }
-
     /// Runs `f` on a pooled admin connection.
     pub(crate) fn with_admin<T>(
         &self,

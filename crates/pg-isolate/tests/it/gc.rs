@@ -80,13 +80,30 @@ fn expired_test_databases_and_unused_templates_are_collected() -> TestResult {
     let other = pg_isolate::Server::connect(other_options)?;
     let other_named = other.create_database("worktree", CreateOptions::default())?;
     let other_test = other.test_database()?;
-    let template = server.template(b"soon unused", |_| Ok(()))?;
+    // Built by a handle that is gone by the time gc runs: a template a
+    // live handle holds is in use, even by the handle running gc.
+    let builder = cluster.connect()?;
+    let template = builder.template(b"soon unused", |_| Ok(()))?;
     let pool = template.pool(pg_isolate::PoolOptions {
         size: 2,
         ..Default::default()
     })?;
     assert_eq!(pool.wait_filled(Duration::from_secs(60))?, 2);
     drop(pool);
+    let template_name = template.name().to_owned();
+    let held = server.gc(&GcOptions {
+        template_max_idle: Some(Duration::ZERO),
+        dry_run: true,
+        ..GcOptions::default()
+    })?;
+    assert!(
+        held.kept
+            .iter()
+            .any(|e| e.name == template_name && e.reason == GcReason::TemplateInUse),
+        "{held:?}"
+    );
+    drop(template);
+    drop(builder);
     let foreign = "testdb_not_ours";
     server
         .admin_client()?
@@ -94,7 +111,7 @@ fn expired_test_databases_and_unused_templates_are_collected() -> TestResult {
 
     let report = server.gc(&GcOptions::default())?;
     assert!(
-        report.was_kept(&named) && report.was_kept(template.name()),
+        report.was_kept(&named) && report.was_kept(&template_name),
         "{report:?}"
     );
 
@@ -116,7 +133,7 @@ fn expired_test_databases_and_unused_templates_are_collected() -> TestResult {
         Some(GcReason::Expired),
         "{report:?}"
     );
-    assert_eq!(reason(template.name()), Some(GcReason::UnusedTemplate));
+    assert_eq!(reason(&template_name), Some(GcReason::UnusedTemplate));
     // Named databases are long-lived by design: never dropped by age.
     assert!(
         report
