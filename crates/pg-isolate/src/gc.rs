@@ -319,7 +319,10 @@ impl Server {
         let Some(interval) = self.inner.options.auto_gc else {
             return;
         };
-        let path = self.gc_stamp();
+        let Some(path) = self.gc_stamp() else {
+            tracing::debug!("no automatic gc: no private directory for its stamp");
+            return;
+        };
         let fresh = |path: &std::path::Path| {
             std::fs::metadata(path)
                 .and_then(|m| m.modified())

@@ -280,21 +280,36 @@ impl Server {
 
     /// The file whose modification time says when leak cleanup last ran
     /// for this server and prefix: in the embedded cluster's directory, or
-    /// (for a server given by URL) in the temp directory, named after the
-    /// user, the server and the prefix.
-    pub(crate) fn gc_stamp(&self) -> PathBuf {
+    /// (for a server given by URL) in a directory of this user's own:
+    /// `PG_ISOLATE_CACHE_DIR`, else `$XDG_RUNTIME_DIR/pg-isolate`, else
+    /// `$XDG_CACHE_HOME/pg-isolate` (never a shared temp directory, where
+    /// another user could plant the file), named after the server and the
+    /// prefix. `None` when there is no such directory.
+    pub(crate) fn gc_stamp(&self) -> Option<PathBuf> {
         let file = format!("gc-{}.stamp", self.prefix());
         match &self.inner.embedded {
-            Some(embedded) => embedded.dir.join(file),
+            Some(embedded) => Some(embedded.dir.join(file)),
             None => {
                 use sha2::{Digest, Sha256};
+                use std::os::unix::fs::DirBuilderExt;
                 let url = self.read_url().database("");
                 let digest = Sha256::digest(url.as_bytes());
-                std::env::temp_dir().join(format!(
-                    "pg-isolate-{}-{}-{file}",
-                    nix::unistd::getuid(),
-                    names::hex(&digest[..6])
-                ))
+                let base = match std::env::var_os("PG_ISOLATE_CACHE_DIR") {
+                    Some(dir) => PathBuf::from(dir),
+                    None => std::env::var_os("XDG_RUNTIME_DIR")
+                        .or_else(|| std::env::var_os("XDG_CACHE_HOME"))
+                        .map(PathBuf::from)
+                        .or_else(|| {
+                            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache"))
+                        })?
+                        .join("pg-isolate"),
+                };
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&base)
+                    .ok()?;
+                Some(base.join(format!("{}-{file}", names::hex(&digest[..6]))))
             }
         }
     }

@@ -155,13 +155,22 @@ pub fn tree_snapshot(dir: &Path) -> io::Result<std::collections::BTreeMap<PathBu
 /// shares (pass it as `PG_ISOLATE_CACHE_DIR` or
 /// `EmbeddedOptions::cache_dir`): never the host's default cluster.
 ///
-/// It lives in `/var/tmp/isolane-test-<uid>-<hash of target_tmpdir>/<suite>`
-/// (mode 755: as root, the server runs as the `postgres` account, which
-/// must reach it; the build's own target dir may be under a closed home).
-/// The cluster is kept between runs, like a build cache, so only the first
-/// run pays for `initdb`.
+/// With `PG_ISOLATE_CACHE_DIR` set (as `.ci/run` does, to a temporary
+/// directory it stops and removes afterwards), it is
+/// `$PG_ISOLATE_CACHE_DIR/suite-<suite>`. Otherwise it lives in
+/// `/var/tmp/isolane-test-<uid>-<hash of target_tmpdir>/<suite>` and is
+/// kept between runs, like a build cache, so only the first run pays for
+/// `initdb` (its server stops itself when idle). Mode 755: as root, the
+/// server runs as the `postgres` account, which must reach it; the build's
+/// own target dir may be under a closed home.
 pub fn suite_cluster_dir(target_tmpdir: &str, suite: &str) -> io::Result<PathBuf> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if let Some(dir) = std::env::var_os("PG_ISOLATE_CACHE_DIR").filter(|d| !d.is_empty()) {
+        let dir = PathBuf::from(dir).join(format!("suite-{suite}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        return Ok(dir);
+    }
     let uid = std::fs::metadata("/proc/self")?.uid();
     let hash = target_tmpdir
         .bytes()
