@@ -17,6 +17,12 @@ pub(crate) fn database_stem(id: &str) -> String {
     id.replace(['-', '.'], "_")
 }
 
+/// Eight hex digits of the SHA-256 of `path`: a stable, short name for it.
+fn short_hash(path: &Path) -> String {
+    let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
+    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
 /// One repository, as seen from the current directory.
 pub(crate) struct Repo {
     /// The main worktree's root (where `isolane.toml` lives).
@@ -41,7 +47,13 @@ impl Repo {
     /// its worktrees) and loads its configuration and registry.
     pub(crate) fn discover() -> Result<Self> {
         let cwd = std::env::current_dir().context("cannot read the current directory")?;
-        let paths = worktree_core::discover(&cwd)?;
+        Self::discover_at(&cwd)
+    }
+
+    /// Like [`Repo::discover`], from `dir` (any directory of the
+    /// repository, its git common dir included).
+    pub(crate) fn discover_at(dir: &Path) -> Result<Self> {
+        let paths = worktree_core::discover(dir)?;
         let root = paths.main_root.clone().with_context(|| {
             format!(
                 "{} is a bare repository; isolane needs a main worktree",
@@ -58,8 +70,7 @@ impl Repo {
         )?;
         let registry = state::open(&paths.common_dir)
             .with_context(|| format!("cannot open the registry of {}", root.display()))?;
-        let digest = Sha256::digest(paths.common_dir.as_os_str().as_encoded_bytes());
-        let hash: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        let hash = short_hash(&paths.common_dir);
         Ok(Self {
             root,
             config,
@@ -164,7 +175,74 @@ impl Repo {
     pub(crate) fn server_with(&self, cleanup: Cleanup) -> Result<pg_isolate::Server> {
         let server = open_server(&self.config, None, cleanup)?;
         self.refresh_urls(&server);
+        self.follow_server_move(&server);
         Ok(server)
+    }
+
+    /// When the embedded server listens elsewhere than where this user's
+    /// isolane last saw it (its port was taken while it was stopped, and
+    /// whoever started it next moved it), the URL files of other
+    /// repositories' worktrees are stale too: rewrites those of every
+    /// repository that has worktree databases on it (their owner records
+    /// name the repository), or says which it could not. Remembers where
+    /// the server was seen in the port leases' state directory.
+    fn follow_server_move(&self, server: &pg_isolate::Server) {
+        if server.embedded_pid().is_none() {
+            return;
+        }
+        let (Ok(cluster), Ok(ports)) = (
+            pg_isolate::Server::embedded_dir(&pg_isolate::EmbeddedOptions::default()),
+            self.ports(),
+        ) else {
+            return;
+        };
+        let Some(state) = ports.path().parent() else {
+            return;
+        };
+        let seen_at = state.join(format!("embedded-server-{}.url", short_hash(&cluster)));
+        let now = server.redacted_url();
+        let before = std::fs::read_to_string(&seen_at).ok();
+        if before.as_deref() == Some(now.as_str()) {
+            return;
+        }
+        if before.is_some() {
+            self.refresh_other_repositories(server);
+        }
+        if let Err(error) = registry::write_atomically(&seen_at, now.as_bytes(), 0o600) {
+            tracing::debug!(path = %seen_at.display(), %error, "cannot remember where the server is");
+        }
+    }
+
+    /// [`Repo::refresh_urls`] in every other repository with worktree
+    /// databases on `server`.
+    fn refresh_other_repositories(&self, server: &pg_isolate::Server) {
+        let Ok(databases) = server.list_databases() else {
+            return;
+        };
+        let repositories: std::collections::BTreeSet<PathBuf> = databases
+            .into_iter()
+            .filter_map(|database| database.owner)
+            .filter(|owner| {
+                owner.kind == pg_isolate::DatabaseKind::Named
+                    && owner
+                        .label
+                        .as_deref()
+                        .is_some_and(|l| l.starts_with("isolane-"))
+            })
+            .filter_map(|owner| owner.owner_path)
+            .filter(|dir| *dir != self.common_dir && dir.try_exists().unwrap_or(true))
+            .collect();
+        for dir in repositories {
+            match Self::discover_at(&dir) {
+                Ok(other) => other.refresh_urls(server),
+                Err(error) => crate::commands::progress(format_args!(
+                    "the database server moved to {}, but the worktrees of {} could not be \
+                     updated: {error:#}",
+                    server.redacted_url(),
+                    dir.display()
+                )),
+            }
+        }
     }
 
     /// When the server moved (the embedded server's port was taken by
@@ -201,15 +279,16 @@ impl Repo {
             );
             match rewritten {
                 Ok(()) => crate::commands::progress(format_args!(
-                    "the database server moved to {}; rewrote {} and {} of {}",
+                    "the database server moved to {}; rewrote {} and {} in {}",
                     server.redacted_url(),
                     config.env_file,
                     config.metadata_file,
-                    entry.id
+                    entry.path.display()
                 )),
                 Err(error) => crate::commands::progress(format_args!(
-                    "the database server moved, but {} of {} could not be rewritten: {error}",
-                    config.env_file, entry.id
+                    "the database server moved, but {} in {} could not be rewritten: {error}",
+                    config.env_file,
+                    entry.path.display()
                 )),
             }
         }
@@ -234,8 +313,6 @@ pub(crate) fn open_ports(config: &Config) -> Result<port_alloc::PortAllocator> {
     })?)
 }
 
-/// Connects to `url`, else the configured URL, else `PG_ISOLATE_URL`, else
-/// the embedded server (started if needed, which can take a moment).
 /// Whether opening the server may run pg-isolate's automatic cleanup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Cleanup {
@@ -252,6 +329,8 @@ impl Cleanup {
     }
 }
 
+/// Connects to `url`, else the configured URL, else `PG_ISOLATE_URL`, else
+/// the embedded server (started if needed, which can take a moment).
 pub(crate) fn open_server(
     config: &Config,
     url: Option<&str>,

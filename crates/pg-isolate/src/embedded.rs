@@ -720,29 +720,85 @@ fn port_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// The port to start on: the remembered one when free, else a new one.
+/// The port to start on, held as a port-alloc lease of the cluster (so no
+/// other cluster on the host, of any user, and no isolane worktree lease
+/// takes it while this server is stopped): the leased one when free, else a
+/// new lease. Without a working allocator (an unwritable cluster directory,
+/// say) the remembered port when free, else any free one.
 fn choose_port(dir: &Path) -> Result<u16, Error> {
-    match remembered_port(dir) {
-        Some(port) if port_free(port) => Ok(port),
-        Some(taken) => {
-            let port = free_port(dir)?;
-            tracing::warn!(
-                taken,
-                port,
-                dir = %dir.display(),
-                "the embedded server's previous port is taken; starting on a new port (URLs written down earlier no longer work)"
-            );
-            Ok(port)
+    let remembered = remembered_port(dir);
+    let port = match lease_port(dir, remembered) {
+        Ok(port) => port,
+        Err(error) => {
+            tracing::warn!(dir = %dir.display(), %error, "cannot lease the embedded server's port; choosing one without a lease");
+            match remembered {
+                Some(port) if port_free(port) => port,
+                _ => free_port(dir)?,
+            }
         }
-        None => free_port(dir),
+    };
+    if let Some(taken) = remembered.filter(|r| *r != port) {
+        tracing::warn!(
+            taken,
+            port,
+            dir = %dir.display(),
+            "the embedded server's previous port is taken; starting on a new port (URLs written down earlier no longer work)"
+        );
     }
+    Ok(port)
+}
+
+/// The owner and port name of the embedded server's lease, in the port-alloc
+/// document `<cluster dir>/ports/ports.json`.
+const LEASE_OWNER: &str = "pg-isolate-embedded-server";
+const LEASE_NAME: &str = "PGPORT";
+
+/// The cluster's leased port, free to listen on: the one it holds, else
+/// (a cluster from before leases) `remembered` when free, else a new one
+/// from [`SERVER_PORTS`]. A held port that another program took while the
+/// server was stopped is given up for a new one.
+fn lease_port(dir: &Path, remembered: Option<u16>) -> Result<u16, port_alloc::Error> {
+    let open = |range: std::ops::RangeInclusive<u16>| {
+        port_alloc::PortAllocator::open(port_alloc::Options {
+            state_dir: Some(dir.join("ports")),
+            range: Some(range),
+            ..port_alloc::Options::default()
+        })
+    };
+    let holder = || port_alloc::Holder::Path(dir.to_owned());
+    let all = open(SERVER_PORTS)?;
+    let held = all
+        .list()?
+        .into_iter()
+        .find(|lease| lease.owner == LEASE_OWNER)
+        .and_then(|lease| lease.ports.get(LEASE_NAME).copied());
+    match held {
+        Some(port) if port_free(port) => return Ok(port),
+        Some(_) => {
+            all.release_owner(LEASE_OWNER)?;
+        }
+        None => {
+            // Keep the port URLs written down earlier name, if it is free.
+            if let Some(port) = remembered.filter(|p| port_free(*p))
+                && let Ok(lease) = open(port..=port)
+                    .and_then(|one| one.lease(LEASE_OWNER, &[LEASE_NAME], holder()))
+                && let Some(port) = lease.port(LEASE_NAME)
+            {
+                return Ok(port);
+            }
+        }
+    }
+    let lease = all.lease(LEASE_OWNER, &[LEASE_NAME], holder())?;
+    Ok(lease
+        .port(LEASE_NAME)
+        .expect("a lease holds every name it was asked for"))
 }
 
 /// Where a new embedded server's port is chosen: below the range port-alloc
 /// leases from by default (20000-29999), and below the kernel's ephemeral
 /// range (from which outgoing connections take their local ports, which
 /// could otherwise hold the port while the server is stopped).
-const SERVER_PORTS: std::ops::Range<u16> = 17000..20000;
+const SERVER_PORTS: std::ops::RangeInclusive<u16> = 17000..=19999;
 
 /// A free port for a new server: in [`SERVER_PORTS`] outside the kernel's
 /// ephemeral range, starting at a place derived from the cluster directory
@@ -750,7 +806,7 @@ const SERVER_PORTS: std::ops::Range<u16> = 17000..20000;
 /// back); one from the kernel only when all of those are taken.
 fn free_port(dir: &Path) -> Result<u16, Error> {
     let ephemeral = port_alloc::ephemeral_range();
-    let span = SERVER_PORTS.end - SERVER_PORTS.start;
+    let span = SERVER_PORTS.end() - SERVER_PORTS.start() + 1;
     let seed = dir
         .as_os_str()
         .as_encoded_bytes()
@@ -758,7 +814,7 @@ fn free_port(dir: &Path) -> Result<u16, Error> {
         .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(*b)));
     let start = u16::try_from(seed % u32::from(span)).unwrap_or(0);
     let found = (0..span)
-        .map(|i| SERVER_PORTS.start + (start + i) % span)
+        .map(|i| SERVER_PORTS.start() + (start + i) % span)
         .find(|port| !ephemeral.contains(port) && port_free(*port));
     if let Some(port) = found {
         return Ok(port);

@@ -321,6 +321,20 @@ fn a_moved_server_gets_the_worktrees_urls_rewritten() -> TestResult {
             .ok_or_else(|| "no DATABASE_URL".into())
     };
     let before = url_in(&env_file)?;
+    // Another repository on the same server, where no command runs after
+    // the move.
+    let other = repo_with_config("")?;
+    let other_run = |args: &[&str]| cluster.isolane(other.path()).args(args).output();
+    let created = other_run(&["create", "--purpose", "test-pgmove", "--identifier", "b"])?;
+    assert!(created.status.success(), "{created:?}");
+    let other_env_file = other.path().join("worktrees/test-pgmove-b/.env.test");
+    assert_eq!(
+        url_in(&other_env_file)?
+            .rsplit_once('/')
+            .map(|(server, _)| server.to_owned()),
+        before.rsplit_once('/').map(|(server, _)| server.to_owned()),
+        "both on the same server"
+    );
     // The server stops (a reboot, say), and another program takes its port.
     assert!(pg_isolate::Server::stop_embedded(embedded)?);
     let port: u16 =
@@ -341,7 +355,24 @@ fn a_moved_server_gets_the_worktrees_urls_rewritten() -> TestResult {
     let metadata =
         std::fs::read_to_string(root.join("worktrees/test-pgmove-a/.worktree-metadata.json"))?;
     assert!(metadata.contains(&after), "{metadata}");
+    // The other repository's worktree was rewritten by the same command.
+    let other_after = url_in(&other_env_file)?;
+    assert!(!other_after.contains(&format!(":{port}/")), "{other_after}");
+    let mut client = postgres::Client::connect(&other_after, postgres::NoTls)?;
+    assert_eq!(client.query_one("SELECT 1", &[])?.get::<_, i32>(0), 1);
+    assert!(
+        stderr.contains(
+            &other
+                .path()
+                .join("worktrees/test-pgmove-b")
+                .display()
+                .to_string()
+        ),
+        "{stderr}"
+    );
     let removed = run(&["remove", "test-pgmove-a"])?;
+    assert!(removed.status.success(), "{removed:?}");
+    let removed = other_run(&["remove", "test-pgmove-b"])?;
     assert!(removed.status.success(), "{removed:?}");
     Ok(())
 }

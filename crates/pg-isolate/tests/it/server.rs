@@ -164,6 +164,21 @@ fn private_cluster_starts_stops_and_starts_again_on_the_same_url() -> TestResult
     assert!(!alive(first));
     assert!(!Server::stop_embedded(&cluster.options.embedded)?);
 
+    // Stopped, the port stays the cluster's: held as a port-alloc lease, so
+    // no allocator on the host (another cluster, a worktree) hands it out.
+    let port = port_of(&url)?;
+    let others = tempfile::tempdir()?;
+    let other = port_alloc::PortAllocator::open(port_alloc::Options {
+        state_dir: Some(others.path().to_owned()),
+        range: Some(port..=port),
+        ..port_alloc::Options::default()
+    })?;
+    let refused = other.lease("someone else", &["PORT"], port_alloc::Holder::Manual);
+    assert!(
+        matches!(refused, Err(port_alloc::Error::Exhausted { .. })),
+        "{refused:?}"
+    );
+
     // Same port and password: a URL written down once keeps working.
     let again = cluster.connect()?;
     let second = again.embedded_pid().ok_or("embedded")?;
