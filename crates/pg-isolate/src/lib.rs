@@ -61,7 +61,9 @@
 //! cluster's `password` file (mode 600). The first start picks a free port
 //! (in 17000-19999: outside the kernel's ephemeral range, so no outgoing
 //! connection takes it while the server is stopped, and below the range
-//! port-alloc leases from by default) and remembers it in the cluster's `port` file; every later start (after
+//! port-alloc leases from by default), holds it as a port-alloc lease of the
+//! cluster (so no other cluster or lease on the host is given it) and
+//! remembers it in the cluster's `port` file; every later start (after
 //! an idle stop, a crash or a reboot) uses that port again, so a URL written
 //! down once (an `.env` file) keeps working; only when another program has
 //! taken the port meanwhile does it move to a new free one (with a warning
