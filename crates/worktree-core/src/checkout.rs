@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use git2::{IndexEntry, IndexTime, Oid, Repository, Tree, TreeWalkMode, TreeWalkResult};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::convert::{Context, Filters, Plan};
 use crate::error::{Error, Result, git, io};
 
 /// Files per work item of the parallel checkout.
@@ -96,32 +97,80 @@ pub(crate) fn check_name(name: &[u8], mode: u32, path: &[u8], commit: Oid) -> Re
     }
 }
 
-/// Whether a plain checkout writes exactly the blobs: no attributes (eol,
-/// filters) in the tree, in `info/attributes` or in a configured attributes
-/// file, and no autocrlf in the configuration.
-pub(crate) fn is_plain(repo: &Repository, files: &[TreeFile]) -> bool {
-    let in_tree = files
-        .iter()
-        .any(|f| f.path.rsplit(|&b| b == b'/').next() == Some(b".gitattributes".as_slice()));
-    let info = std::fs::metadata(repo.commondir().join("info").join("attributes"))
-        .is_ok_and(|m| m.len() > 0);
-    let config = repo.config().ok();
-    let set = |key: &str| {
-        config
-            .as_ref()
-            .and_then(|c| c.get_string(key).ok())
-            .is_some_and(|v| !v.is_empty() && v != "false")
-    };
-    !in_tree && !info && !set("core.autocrlf") && !set("core.attributesfile")
-}
-
-/// Writes `files` under `root` (which exists) in parallel, reading blobs
-/// from the repository at `git_dir`, and returns their index entries in the
-/// same order.
-pub(crate) fn write_all(
+/// Checks out `files` (the tree of a commit, from [`tree_files`]) into the
+/// empty worktree `root` of `repo` (whose common directory is `git_dir`)
+/// and returns their index entries, in order. Files are converted as git
+/// converts them (see [`crate::convert`]): in parallel, except those that
+/// go through a filter driver, which one thread sends through the filter
+/// while the others write the rest.
+pub(crate) fn check_out(
+    repo: &Repository,
     git_dir: &Path,
     root: &Path,
     files: &[TreeFile],
+) -> Result<Vec<IndexEntry>> {
+    let tree_attributes: Vec<(Vec<u8>, Oid)> = files
+        .iter()
+        .filter(|f| matches!(f.mode, MODE_FILE | MODE_EXEC))
+        .filter_map(|f| {
+            let dir = f.path.strip_suffix(b".gitattributes")?;
+            (dir.is_empty() || dir.ends_with(b"/")).then(|| (dir.to_vec(), f.oid))
+        })
+        .collect();
+    let Some(mut context) = Context::load(repo, &tree_attributes)? else {
+        return write_all(git_dir, root, files, None);
+    };
+    let plans: Vec<Plan> = files
+        .iter()
+        .map(|f| {
+            if matches!(f.mode, MODE_FILE | MODE_EXEC) {
+                context.plan(repo, &f.path)
+            } else {
+                Plan::PLAIN
+            }
+        })
+        .collect();
+    let entries = write_all(git_dir, root, files, Some((&context, &plans)))?;
+    // libgit2 cannot redo a filter driver's or an encoding's work: such
+    // files must not look racily clean to it (modified in the second the
+    // index was written), or its status would re-read and misjudge them.
+    let newest = entries
+        .iter()
+        .zip(&plans)
+        .filter(|(_, plan)| plan.foreign())
+        .map(|(entry, _)| (entry.mtime.seconds(), entry.mtime.nanoseconds()))
+        .max();
+    if let Some(newest) = newest {
+        wait_past(root, newest)?;
+    }
+    Ok(entries)
+}
+
+/// Waits until a file written now gets a modification time later than
+/// `newest` (the file system's clock is coarser than the system's).
+fn wait_past(root: &Path, newest: (i32, u32)) -> Result<()> {
+    let probe = root.join(".git-isolane-clock");
+    for _ in 0..1000 {
+        std::fs::write(&probe, b"").map_err(io("write", &probe))?;
+        let metadata = std::fs::metadata(&probe).map_err(io("stat", &probe));
+        std::fs::remove_file(&probe).map_err(io("remove", &probe))?;
+        let metadata = metadata?;
+        if (metadata.mtime() as i32, metadata.mtime_nsec() as u32) > newest {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// Writes `files` under `root` (which exists) in parallel, reading blobs
+/// from the repository at `git_dir`, converted by their plans when given,
+/// and returns their index entries in the same order.
+fn write_all(
+    git_dir: &Path,
+    root: &Path,
+    files: &[TreeFile],
+    convert: Option<(&Context, &[Plan])>,
 ) -> Result<Vec<IndexEntry>> {
     let mut dirs = BTreeSet::new();
     for file in files {
@@ -137,6 +186,10 @@ pub(crate) fn write_all(
         let path = root.join(dir);
         std::fs::create_dir(&path).map_err(io("create directory", path))?;
     }
+    let filtered: Vec<usize> = match convert {
+        Some((_, plans)) => (0..files.len()).filter(|&i| plans[i].filtered()).collect(),
+        None => Vec::new(),
+    };
     // One repository (and so one object cache) per thread, pulling chunks
     // of neighbouring paths (which often share delta bases) from a counter.
     // More threads than cores: file creation blocks in the kernel.
@@ -145,12 +198,14 @@ pub(crate) fn write_all(
         .clamp(2, 8)
         .min(files.len().div_ceil(CHUNK).max(1));
     let next = AtomicUsize::new(0);
+    let open = || -> Result<Repository> {
+        Repository::open(git_dir).map_err(git("open repository", git_dir.display()))
+    };
     let results: Vec<Result<Vec<(usize, IndexEntry)>>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
+        let mut workers: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
-                    let repo = Repository::open(git_dir)
-                        .map_err(git("open repository", git_dir.display()))?;
+                    let repo = open()?;
                     let odb = repo
                         .odb()
                         .map_err(git("open object database", git_dir.display()))?;
@@ -161,12 +216,47 @@ pub(crate) fn write_all(
                             return Ok(out);
                         }
                         for (i, file) in files.iter().enumerate().skip(start).take(CHUNK) {
-                            out.push((i, write_one(&odb, root, file)?));
+                            let plan = convert.map(|(context, plans)| (context, &plans[i]));
+                            match plan {
+                                Some((_, plan)) if plan.filtered() => continue,
+                                Some((context, plan)) if *plan != Plan::PLAIN => {
+                                    let object =
+                                        odb.read(file.oid).map_err(git("read blob", file.oid))?;
+                                    let data = context.convert(plan, file.oid, object.data());
+                                    let data = data.as_deref().unwrap_or(object.data());
+                                    out.push((i, write_file(root, file, data)?));
+                                }
+                                _ => out.push((i, write_one(&odb, root, file)?)),
+                            }
                         }
                     }
                 })
             })
             .collect();
+        if let Some((context, plans)) = convert.filter(|_| !filtered.is_empty()) {
+            let filtered = &filtered;
+            workers.push(scope.spawn(move || {
+                let repo = open()?;
+                let odb = repo
+                    .odb()
+                    .map_err(git("open object database", git_dir.display()))?;
+                let mut filters = Filters::new(context, root);
+                let result = filtered
+                    .iter()
+                    .map(|&i| {
+                        let (file, plan) = (&files[i], &plans[i]);
+                        let object = odb.read(file.oid).map_err(git("read blob", file.oid))?;
+                        let data = context
+                            .convert(plan, file.oid, object.data())
+                            .unwrap_or_else(|| object.data().to_vec());
+                        let data = filters.smudge(plan, &file.path, data)?;
+                        Ok((i, write_file(root, file, &data)?))
+                    })
+                    .collect::<Result<Vec<_>>>();
+                filters.finish();
+                result
+            }));
+        }
         workers
             .into_iter()
             .map(|worker| {
@@ -182,6 +272,22 @@ pub(crate) fn write_all(
     }
     entries.sort_unstable_by_key(|(i, _)| *i);
     Ok(entries.into_iter().map(|(_, entry)| entry).collect())
+}
+
+/// Writes the regular file `file` with `data` (replacing nothing: the path
+/// must be free) and returns its index entry.
+fn write_file(root: &Path, file: &TreeFile, data: &[u8]) -> Result<IndexEntry> {
+    let path = root.join(OsStr::from_bytes(&file.path));
+    let perm = if file.mode == MODE_EXEC { 0o777 } else { 0o666 };
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(perm)
+        .open(&path)
+        .map_err(io("create file", &path))?;
+    out.write_all(data).map_err(io("write file", &path))?;
+    let metadata = out.metadata().map_err(io("stat", &path))?;
+    Ok(entry(file, Some(&metadata)))
 }
 
 /// Writes one file (replacing nothing: the path must be free) and returns
@@ -201,16 +307,7 @@ pub(crate) fn write_one(odb: &git2::Odb<'_>, root: &Path, file: &TreeFile) -> Re
         }
         _ => {
             let object = odb.read(file.oid).map_err(git("read blob", file.oid))?;
-            let perm = if file.mode == MODE_EXEC { 0o777 } else { 0o666 };
-            let mut out = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(perm)
-                .open(&path)
-                .map_err(io("create file", &path))?;
-            out.write_all(object.data())
-                .map_err(io("write file", &path))?;
-            out.metadata().map_err(io("stat", &path))?
+            return write_file(root, file, object.data());
         }
     };
     Ok(entry(file, Some(&metadata)))
@@ -505,16 +602,4 @@ fn remove_path(root: &Path, rel: &Path) -> Result<()> {
 /// to know whether a tree has submodules.
 pub(crate) fn has_gitlinks(files: &[TreeFile]) -> bool {
     files.iter().any(|f| f.mode == MODE_GITLINK)
-}
-
-/// Checks out `tree` into an empty worktree with libgit2 (the slow, general
-/// path used when attributes or autocrlf could change file contents).
-pub(crate) fn checkout_with_libgit2(worktree: &Repository, tree: Oid) -> Result<()> {
-    let tree = worktree.find_tree(tree).map_err(git("find tree", tree))?;
-    let mut builder = git2::build::CheckoutBuilder::new();
-    builder.force();
-    worktree
-        .checkout_tree(tree.as_object(), Some(&mut builder))
-        .map_err(git("check out tree", tree.id()))?;
-    Ok(())
 }

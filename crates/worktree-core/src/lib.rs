@@ -76,7 +76,9 @@
 #![deny(missing_docs)]
 
 mod admin;
+mod attributes;
 mod checkout;
+mod convert;
 mod discover;
 mod error;
 mod names;

@@ -434,18 +434,11 @@ impl Worktrees {
         drop(repo_lock);
         let result = result.and_then(|()| {
             step = "check out the files";
-            let written = if checkout::is_plain(&repo, &files) {
-                let entries = checkout::write_all(&self.common_dir, &path, &files)?;
-                registry::fault_point("worktree.after_files");
-                step = "write the index";
-                checkout::write_index(&admin_dir.join("index"), &entries)?;
-                entries.len()
-            } else {
-                let worktree =
-                    Repository::open(&path).map_err(git("open worktree", path.display()))?;
-                checkout::checkout_with_libgit2(&worktree, tree.id())?;
-                files.len()
-            };
+            let entries = checkout::check_out(&repo, &self.common_dir, &path, &files)?;
+            registry::fault_point("worktree.after_files");
+            step = "write the index";
+            checkout::write_index(&admin_dir.join("index"), &entries)?;
+            let written = entries.len();
             registry::fault_point("worktree.after_checkout");
             step = "finish";
             admin::write_sidecar(
@@ -899,8 +892,9 @@ impl Worktrees {
             dirty_files: if prunable {
                 Vec::new()
             } else {
-                dirty_files(&admin.path)
-                    .unwrap_or_else(|error| vec![format!("(cannot read status: {error})")])
+                dirty_files(&admin.path).unwrap_or_else(|error| {
+                    vec![format!("(cannot read status: {})", chain(&error))]
+                })
             },
             unmerged_commits: match head {
                 Some(head) => unique_commits(repo, head, admin.head.branch())
@@ -1435,6 +1429,51 @@ fn resolve_head(repo: &Repository, admin: &Admin) -> Option<Oid> {
     }
 }
 
+/// [`dirty_files`] as the git CLI sees them; `None` when git fails.
+fn git_status(path: &Path) -> Option<Vec<String>> {
+    let output = std::process::Command::new("git")
+        .args([
+            "status",
+            "--porcelain=v1",
+            "-z",
+            "--untracked-files=all",
+            "--ignore-submodules=all",
+        ])
+        .current_dir(path)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    let mut files = Vec::new();
+    let mut fields = output.stdout.split(|&b| b == 0);
+    while let Some(field) = fields.next() {
+        if field.len() < 4 {
+            continue;
+        }
+        files.push(String::from_utf8_lossy(&field[3..]).into_owned());
+        // A rename or copy is followed by its source.
+        if matches!(field[0], b'R' | b'C') {
+            fields.next();
+        }
+    }
+    Some(files)
+}
+
+/// An error with its causes (libgit2's own message included).
+fn chain(error: &Error) -> String {
+    let mut out = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
 /// Changed, staged and untracked (not ignored) files of the worktree at
 /// `path`.
 pub(crate) fn dirty_files(path: &Path) -> Result<Vec<String>> {
@@ -1445,9 +1484,18 @@ pub(crate) fn dirty_files(path: &Path) -> Result<Vec<String>> {
         .recurse_untracked_dirs(true)
         .include_ignored(false)
         .exclude_submodules(true);
-    let statuses = repo
-        .statuses(Some(&mut options))
-        .map_err(git("read status of", path.display()))?;
+    let statuses = match repo.statuses(Some(&mut options)) {
+        Ok(statuses) => statuses,
+        // libgit2 refuses some trees git reads (directories nested more
+        // than 100 deep): ask git, and keep libgit2's word if git fails too.
+        Err(source) => {
+            return git_status(path).ok_or_else(|| Error::Git {
+                action: "read status of",
+                target: path.display().to_string(),
+                source,
+            });
+        }
+    };
     Ok(statuses
         .iter()
         .filter(|s| !s.status().is_empty() && !s.status().contains(git2::Status::IGNORED))

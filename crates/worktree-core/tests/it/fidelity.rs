@@ -1,0 +1,332 @@
+//! A worktree made by worktree-core is what `git worktree add` of the same
+//! commit makes, byte for byte (contents, modes, symlinks), and clean, for
+//! trees carrying what changes a checkout: eol attributes and settings,
+//! `ident`, `working-tree-encoding`, filter drivers (git-lfs included),
+//! submodules, sparse-checkout patterns, very deep and long paths.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use test_support::{GitRepo, TestResult};
+use worktree_core::{CreateRequest, Error};
+
+use crate::{open, status};
+
+/// Everything under `dir` but its `.git` file: each path with its kind,
+/// executable bit and contents (or link target).
+fn snapshot(dir: &Path) -> TestResult<BTreeMap<PathBuf, String>> {
+    let mut out = BTreeMap::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current)? {
+            let path = entry?.path();
+            let relative = path.strip_prefix(dir)?.to_owned();
+            if relative == Path::new(".git") {
+                continue;
+            }
+            let metadata = std::fs::symlink_metadata(&path)?;
+            let value = if metadata.file_type().is_symlink() {
+                format!("link {}", std::fs::read_link(&path)?.display())
+            } else if metadata.is_dir() {
+                pending.push(path);
+                "dir".to_owned()
+            } else {
+                let exec = metadata.permissions().mode() & 0o111 != 0;
+                format!("file exec={exec} {:?}", std::fs::read(&path)?)
+            };
+            out.insert(relative, value);
+        }
+    }
+    Ok(out)
+}
+
+/// Creates worktree `fidelity-<id>` (detached at `HEAD`) and `git worktree
+/// add`s the same commit elsewhere; asserts both are identical and that
+/// ours is clean to git and to worktree-core. Returns ours.
+fn compare_with_git(repo: &GitRepo, id: &str) -> TestResult<PathBuf> {
+    let theirs_dir = tempfile::Builder::new()
+        .prefix("isolane-git-worktree-")
+        .tempdir()?;
+    let theirs = theirs_dir.path().join(id);
+    test_support::git(
+        repo.path(),
+        [
+            "worktree",
+            "add",
+            "--quiet",
+            "--detach",
+            theirs.to_str().ok_or("path")?,
+            "HEAD",
+        ],
+    )?;
+    let worktrees = open(repo)?;
+    let mut request = CreateRequest::new("fidelity", id);
+    request.detach = true;
+    let ours = worktrees.create(&request)?;
+    let (ours_snapshot, theirs_snapshot) = (snapshot(&ours.path)?, snapshot(&theirs)?);
+    assert!(!ours_snapshot.is_empty());
+    for (path, value) in &theirs_snapshot {
+        assert_eq!(
+            ours_snapshot.get(path),
+            Some(value),
+            "{id}: {} differs from git's checkout",
+            path.display()
+        );
+    }
+    assert_eq!(ours_snapshot, theirs_snapshot, "{id}: extra paths");
+    assert_eq!(status(&ours.path)?, "", "{id}: git status");
+    let info = worktrees
+        .list()?
+        .into_iter()
+        .find(|w| w.path == ours.path)
+        .ok_or("not listed")?;
+    assert_eq!(
+        info.dirty_files,
+        Vec::<String>::new(),
+        "{id}: worktree-core status"
+    );
+    test_support::git(
+        repo.path(),
+        [
+            "worktree",
+            "remove",
+            "--force",
+            theirs.to_str().ok_or("path")?,
+        ],
+    )?;
+    Ok(ours.path)
+}
+
+/// Text with LF, CRLF and mixed line ends, binary data, `$Id$` keywords.
+fn write_samples(repo: &GitRepo, dir: &str) -> TestResult {
+    let samples: [(&str, &[u8]); 9] = [
+        ("lf.txt", b"one\ntwo\nthree\n"),
+        ("crlf.txt", b"one\r\ntwo\r\n"),
+        ("mixed.txt", b"one\r\ntwo\nthree\n"),
+        ("lone-cr.txt", b"one\rtwo\n"),
+        ("nul.dat", b"bin\0ary\nmore\n"),
+        ("run.bat", b"@echo off\necho hi\n"),
+        ("run.sh", b"#!/bin/sh\necho hi\n"),
+        ("doc.md", b"# Title\n\ntext\n"),
+        ("noeol.txt", b"no newline at the end"),
+    ];
+    for (name, content) in samples {
+        repo.write(format!("{dir}/{name}"), content)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn eol_attributes_and_settings_match_git() -> TestResult {
+    let repo = GitRepo::new()?;
+    write_samples(&repo, "top")?;
+    write_samples(&repo, "top/nested")?;
+    write_samples(&repo, "plain")?;
+    repo.write("top/legacy.c", "int main;\n")?;
+    std::fs::set_permissions(
+        repo.path().join("top/run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )?;
+    std::os::unix::fs::symlink("lf.txt", repo.path().join("top/link.txt"))?;
+    // The blobs keep their line ends: the attributes come afterwards.
+    repo.commit_all("samples")?;
+    repo.write(
+        ".gitattributes",
+        "# comment\n[attr]crlftext text eol=crlf\n*.txt text=auto\n*.bat crlftext\n\
+         *.sh text eol=lf\n*.dat binary\n/top/*.md text\nplain/** -text\n*.c crlf\n",
+    )?;
+    repo.write(
+        "top/nested/.gitattributes",
+        "*.md -text\nlf.txt text eol=crlf\n\"noeol.txt\" text\n",
+    )?;
+    repo.commit_all("attributes")?;
+    compare_with_git(&repo, "eol-default")?;
+    for (n, (key, value)) in [
+        ("core.autocrlf", "true"),
+        ("core.autocrlf", "input"),
+        ("core.eol", "crlf"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        repo.git(["config", key, value])?;
+        compare_with_git(&repo, &format!("eol-{n}"))?;
+        repo.git(["config", "--unset", key])?;
+    }
+    // autocrlf alone, without any attributes file.
+    repo.git(["rm", "-q", ".gitattributes", "top/nested/.gitattributes"])?;
+    repo.commit_all("no attributes")?;
+    repo.git(["config", "core.autocrlf", "true"])?;
+    compare_with_git(&repo, "eol-autocrlf-only")?;
+    Ok(())
+}
+
+#[test]
+fn ident_matches_git() -> TestResult {
+    let repo = GitRepo::new()?;
+    repo.write("src/a.c", "/* $Id$ */\nint a;\n")?;
+    repo.write(
+        "src/b.c",
+        "/* $Id: stale expansion $ */\n/* $Id: a b c $ */\n",
+    )?;
+    repo.write("src/c.h", "/* $Id$ untouched: no attribute */\n")?;
+    repo.commit_all("sources")?;
+    repo.write(".gitattributes", "*.c ident\n*.c text eol=crlf\n")?;
+    repo.commit_all("attributes")?;
+    compare_with_git(&repo, "ident")?;
+    Ok(())
+}
+
+#[test]
+fn working_tree_encoding_matches_git() -> TestResult {
+    let repo = GitRepo::new()?;
+    let text = "h\u{e9}llo w\u{f6}rld \u{20ac}\nsecond line\n";
+    for name in ["a.u16", "a.u16le", "a.u16bom", "a.u32", "a.utf8"] {
+        repo.write(name, text)?;
+    }
+    repo.write("a.lat", "h\u{e9}llo\n")?;
+    repo.commit_all("utf-8 blobs")?;
+    repo.write(
+        ".gitattributes",
+        "*.u16 working-tree-encoding=UTF-16\n*.u16le working-tree-encoding=utf-16le\n\
+         *.u16bom text eol=crlf working-tree-encoding=UTF-16LE-BOM\n\
+         *.u32 working-tree-encoding=UTF-32BE\n*.utf8 working-tree-encoding=UTF-8\n\
+         *.lat working-tree-encoding=ISO-8859-1\n",
+    )?;
+    // Only the attributes: `git add` would re-encode the UTF-8 files.
+    repo.git(["add", ".gitattributes"])?;
+    repo.git(["commit", "--quiet", "-m", "encodings"])?;
+    compare_with_git(&repo, "encoding")?;
+    Ok(())
+}
+
+#[test]
+fn smudge_filters_match_git() -> TestResult {
+    let repo = GitRepo::new()?;
+    repo.write("secret.rot", "Hello, World!\n")?;
+    repo.write("dir/named.tag", "content\n")?;
+    repo.write("dir/flaky.fl", "kept as stored\n")?;
+    repo.write("dir/unset.nf", "no such driver\n")?;
+    repo.commit_all("to be filtered")?;
+    repo.write(
+        ".gitattributes",
+        "*.rot filter=rot13\n*.tag filter=tag\n*.fl filter=flaky\n*.nf filter=nothing\n",
+    )?;
+    repo.commit_all("filters")?;
+    repo.git(["config", "filter.rot13.smudge", "tr a-zA-Z n-za-mN-ZA-M"])?;
+    repo.git(["config", "filter.rot13.clean", "tr a-zA-Z n-za-mN-ZA-M"])?;
+    repo.git(["config", "filter.tag.smudge", "cat && echo %f"])?;
+    repo.git(["config", "filter.tag.clean", "sed '$d'"])?;
+    // Not required: its failure leaves the file as stored, in git and here.
+    repo.git(["config", "filter.flaky.smudge", "cat >/dev/null; exit 3"])?;
+    repo.git(["config", "filter.flaky.clean", "cat"])?;
+    let ours = compare_with_git(&repo, "smudge")?;
+    assert_eq!(std::fs::read(ours.join("secret.rot"))?, b"Uryyb, Jbeyq!\n");
+    assert_eq!(
+        std::fs::read(ours.join("dir/named.tag"))?,
+        b"content\ndir/named.tag\n"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_required_filter_that_fails_fails_the_create() -> TestResult {
+    let repo = GitRepo::new()?;
+    repo.write("a.req", "data\n")?;
+    repo.commit_all("data")?;
+    repo.write(".gitattributes", "*.req filter=strict\n")?;
+    repo.commit_all("filter")?;
+    repo.git(["config", "filter.strict.smudge", "cat >/dev/null; exit 1"])?;
+    repo.git(["config", "filter.strict.required", "true"])?;
+    let git_dir = tempfile::tempdir()?;
+    let refused = test_support::git(
+        repo.path(),
+        [
+            "worktree",
+            "add",
+            "--detach",
+            git_dir.path().join("wt").to_str().ok_or("path")?,
+        ],
+    );
+    assert!(refused.is_err(), "git itself refuses it");
+    let worktrees = open(&repo)?;
+    let mut request = CreateRequest::new("fidelity", "required");
+    request.detach = true;
+    let error = worktrees
+        .create(&request)
+        .expect_err("a required filter failed");
+    let Error::CreateFailed { source, path, .. } = &error else {
+        panic!("unexpected error {error:?}");
+    };
+    assert!(
+        matches!(&**source, Error::Filter { driver, path, .. } if driver == "strict" && path == "a.req"),
+        "{source:?}"
+    );
+    assert!(!path.exists(), "rolled back");
+    Ok(())
+}
+
+#[test]
+fn git_lfs_files_match_git() -> TestResult {
+    let repo = GitRepo::new()?;
+    repo.git(["lfs", "install", "--local"])?;
+    repo.git(["lfs", "track", "*.bin", "assets/**"])?;
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    repo.write("model.bin", &big)?;
+    repo.write("assets/logo.svg", "<svg/>\n")?;
+    repo.write("assets/deep/more.bin", b"\0\x01\x02 lfs object\n")?;
+    repo.write("plain.txt", "not in lfs\n")?;
+    repo.commit_all("lfs objects")?;
+    // The objects are stored locally (no remote), as LFS keeps them.
+    assert!(repo.path().join(".git/lfs/objects").is_dir());
+    let pointer = repo.git(["cat-file", "-p", "HEAD:model.bin"])?;
+    assert!(pointer.starts_with("version https://git-lfs"), "{pointer}");
+    let ours = compare_with_git(&repo, "lfs")?;
+    assert_eq!(std::fs::read(ours.join("model.bin"))?, big);
+    Ok(())
+}
+
+#[test]
+fn submodules_are_left_uninitialised_like_git() -> TestResult {
+    let sub = GitRepo::new()?;
+    sub.write("lib.txt", "library\n")?;
+    let sub_head = sub.commit_all("library")?;
+    let repo = GitRepo::new()?;
+    repo.git([
+        "-c",
+        "protocol.file.allow=always",
+        "submodule",
+        "add",
+        "--quiet",
+        sub.path().to_str().ok_or("path")?,
+        "vendor/lib",
+    ])?;
+    repo.commit_all("submodule")?;
+    let ours = compare_with_git(&repo, "submodule")?;
+    assert!(ours.join("vendor/lib").is_dir());
+    assert_eq!(std::fs::read_dir(ours.join("vendor/lib"))?.count(), 0);
+    let tree = repo.git(["ls-tree", "HEAD", "vendor/lib"])?;
+    assert!(tree.contains(&sub_head), "{tree}");
+    Ok(())
+}
+
+#[test]
+fn very_deep_and_long_paths_match_git() -> TestResult {
+    let repo = GitRepo::new()?;
+    let deep: String = (0..120).map(|i| format!("d{i}/")).collect();
+    repo.write(format!("{deep}leaf.txt"), "deep\n")?;
+    repo.write(format!("{deep}more/other.txt"), "deeper\n")?;
+    let long_name = "n".repeat(250);
+    repo.write(format!("long/{long_name}"), "long name\n")?;
+    let long_dir = format!("{}/{}/", "a".repeat(200), "b".repeat(200));
+    repo.write(format!("{long_dir}{long_name}.txt"), "long path\n")?;
+    repo.write(".gitattributes", "*.txt text eol=crlf\n")?;
+    repo.commit_all("deep")?;
+    let ours = compare_with_git(&repo, "deep")?;
+    assert_eq!(
+        std::fs::read(ours.join(format!("{deep}leaf.txt")))?,
+        b"deep\r\n"
+    );
+    Ok(())
+}
