@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::convert::{Context, Filters, Plan};
 use crate::error::{Error, Result, git, io};
+use crate::sparse::Sparse;
 
 /// Files per work item of the parallel checkout.
 const CHUNK: usize = 32;
@@ -24,6 +25,10 @@ const MODE_FILE: u32 = 0o100_644;
 const MODE_EXEC: u32 = 0o100_755;
 const MODE_LINK: u32 = 0o120_000;
 const MODE_GITLINK: u32 = 0o160_000;
+
+/// Index entry flags: extended flags follow; the path is skip-worktree.
+const INDEX_EXTENDED: u16 = 0x4000;
+const INDEX_SKIP_WORKTREE: u16 = 0x4000;
 
 /// One tracked path of a tree.
 #[derive(Debug, Clone)]
@@ -108,7 +113,25 @@ pub(crate) fn check_out(
     git_dir: &Path,
     root: &Path,
     files: &[TreeFile],
+    sparse: Option<&Sparse>,
 ) -> Result<Vec<IndexEntry>> {
+    if let Some(sparse) = sparse {
+        // Paths outside the patterns are not written: their entries are
+        // marked skip-worktree, as git marks them.
+        let (kept, skipped): (Vec<TreeFile>, Vec<TreeFile>) = files
+            .iter()
+            .cloned()
+            .partition(|f| sparse.includes(&f.path));
+        let mut entries = check_out(repo, git_dir, root, &kept, None)?;
+        entries.extend(skipped.iter().map(|f| {
+            let mut entry = entry(f, None);
+            entry.flags |= INDEX_EXTENDED;
+            entry.flags_extended |= INDEX_SKIP_WORKTREE;
+            entry
+        }));
+        entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        return Ok(entries);
+    }
     let tree_attributes: Vec<(Vec<u8>, Oid)> = files
         .iter()
         .filter(|f| matches!(f.mode, MODE_FILE | MODE_EXEC))

@@ -83,6 +83,7 @@ mod discover;
 mod error;
 mod names;
 mod snapshot;
+mod sparse;
 mod state;
 mod worktrees;
 

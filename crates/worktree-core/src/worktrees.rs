@@ -1,3 +1,4 @@
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -9,6 +10,7 @@ use crate::checkout;
 use crate::error::{Error, Result, git, io};
 use crate::names::{validate_branch, validate_id, worktree_id};
 use crate::snapshot;
+use crate::sparse::{self, Sparse};
 use crate::state::{FileLock, Intent, StateDir};
 
 /// The git lock reason of worktrees that sit in the pool.
@@ -434,7 +436,12 @@ impl Worktrees {
         drop(repo_lock);
         let result = result.and_then(|()| {
             step = "check out the files";
-            let entries = checkout::check_out(&repo, &self.common_dir, &path, &files)?;
+            let sparse = Sparse::of_main(&self.common_dir);
+            if sparse.is_some() {
+                sparse::copy_settings(&self.common_dir, &admin_dir)?;
+            }
+            let entries =
+                checkout::check_out(&repo, &self.common_dir, &path, &files, sparse.as_ref())?;
             registry::fault_point("worktree.after_files");
             step = "write the index";
             checkout::write_index(&admin_dir.join("index"), &entries)?;
@@ -1496,9 +1503,19 @@ pub(crate) fn dirty_files(path: &Path) -> Result<Vec<String>> {
             });
         }
     };
+    // libgit2 knows no sparse checkout: a skip-worktree path, absent by
+    // design, is not deleted.
+    let index = repo.index().ok();
+    let skipped = |path: &[u8]| {
+        index
+            .as_ref()
+            .and_then(|index| index.get_path(Path::new(std::ffi::OsStr::from_bytes(path)), 0))
+            .is_some_and(|entry| entry.flags_extended & 0x4000 != 0)
+    };
     Ok(statuses
         .iter()
         .filter(|s| !s.status().is_empty() && !s.status().contains(git2::Status::IGNORED))
+        .filter(|s| s.status() != git2::Status::WT_DELETED || !skipped(s.path_bytes()))
         .map(|s| String::from_utf8_lossy(s.path_bytes()).into_owned())
         .collect())
 }

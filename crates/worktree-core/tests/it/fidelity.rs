@@ -330,3 +330,31 @@ fn very_deep_and_long_paths_match_git() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn sparse_checkout_of_the_main_worktree_is_inherited_like_git() -> TestResult {
+    let repo = GitRepo::new()?;
+    for dir in ["app/src", "app/docs", "lib", "lib/inner", "other/deep"] {
+        repo.write(format!("{dir}/file.txt"), format!("{dir}\n"))?;
+    }
+    repo.write("top.txt", "top\n")?;
+    repo.commit_all("tree")?;
+    for (id, args) in [
+        ("sparse-cone", vec!["set", "app/src", "lib"]),
+        (
+            "sparse-plain",
+            vec!["set", "--no-cone", "/*", "!/*/", "/lib/", "src/", "!inner/"],
+        ),
+    ] {
+        repo.git(["sparse-checkout"].into_iter().chain(args))?;
+        let ours = compare_with_git(&repo, id)?;
+        let skipped = test_support::git(&ours, ["ls-files", "-t"])?;
+        assert!(skipped.contains("S other/deep/file.txt"), "{skipped}");
+        assert!(!ours.join("other").exists());
+        assert_eq!(
+            test_support::git(&ours, ["sparse-checkout", "list"])?,
+            repo.git(["sparse-checkout", "list"])?
+        );
+    }
+    Ok(())
+}
