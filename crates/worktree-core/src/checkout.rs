@@ -621,8 +621,29 @@ fn remove_path(root: &Path, rel: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The entries of a tree as an error-free helper for callers that only need
-/// to know whether a tree has submodules.
+/// Whether a tree has submodules.
 pub(crate) fn has_gitlinks(files: &[TreeFile]) -> bool {
     files.iter().any(|f| f.mode == MODE_GITLINK)
+}
+
+/// Initialises the submodules of the new worktree at `root` (whose index is
+/// written) by running `git submodule update --init --recursive` there.
+pub(crate) fn init_submodules(root: &Path) -> Result<()> {
+    let output = std::process::Command::new("git")
+        .args(["submodule", "update", "--init", "--recursive", "--quiet"])
+        .current_dir(root)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(io("run git submodule update in", root))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(Error::Submodules {
+        path: root.to_path_buf(),
+        reason: format!(
+            "git submodule update exited with {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ),
+    })
 }

@@ -168,6 +168,14 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// Initialising the submodules of a new worktree failed.
+    #[error("cannot initialise the submodules of {path}: {reason}")]
+    Submodules {
+        /// The worktree.
+        path: PathBuf,
+        /// What git said.
+        reason: String,
+    },
     /// A file system operation failed.
     #[error("cannot {action} {path}")]
     Io {

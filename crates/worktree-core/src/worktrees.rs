@@ -60,8 +60,9 @@ pub struct CreateRequest {
     pub base: Option<String>,
     /// Detached HEAD at `base` instead of a branch (`branch` must be `None`).
     pub detach: bool,
-    /// Initialise submodules (not supported yet: refused with
-    /// [`Error::Unsupported`] when the tree has submodules).
+    /// Initialise the submodules (recursively, as `git submodule update
+    /// --init --recursive` does, by running it); by default they are left
+    /// uninitialised (empty directories) as `git worktree add` leaves them.
     pub submodules: bool,
     /// Take a clean worktree from the pool when one is there (default true).
     pub use_pool: bool,
@@ -387,28 +388,17 @@ impl Worktrees {
             .find_commit(target.commit)
             .map_err(git("find commit", target.commit))?;
         let tree = commit.tree().map_err(git("read tree of", target.commit))?;
-        let mut files = None;
-        if request.submodules {
-            let all = checkout::tree_files(&tree, target.commit)?;
-            if checkout::has_gitlinks(&all) {
-                return Err(Error::Unsupported {
-                    id,
-                    what: "initialising submodules",
-                });
-            }
-            files = Some(all);
-        }
+        // A pooled worktree's submodules are not re-initialised: a request
+        // for them gets a fresh checkout.
         if request.use_pool
+            && !request.submodules
             && self.pool_size > 0
             && let Some(pooled) = self.pick_pooled(&admins)
         {
             return self.handout(&repo, id, path, target, pooled, id_lock, repo_lock);
         }
 
-        let files = match files {
-            Some(files) => files,
-            None => checkout::tree_files(&tree, target.commit)?,
-        };
+        let files = checkout::tree_files(&tree, target.commit)?;
         let admin_dir = self.free_admin_dir(&id, &admins);
         let intent = Intent::Create {
             id: id.clone(),
@@ -446,6 +436,10 @@ impl Worktrees {
             step = "write the index";
             checkout::write_index(&admin_dir.join("index"), &entries)?;
             let written = entries.len();
+            if request.submodules && checkout::has_gitlinks(&files) {
+                step = "initialise the submodules";
+                checkout::init_submodules(&path)?;
+            }
             registry::fault_point("worktree.after_checkout");
             step = "finish";
             admin::write_sidecar(

@@ -22,7 +22,8 @@ fn snapshot(dir: &Path) -> TestResult<BTreeMap<PathBuf, String>> {
         for entry in std::fs::read_dir(&current)? {
             let path = entry?.path();
             let relative = path.strip_prefix(dir)?.to_owned();
-            if relative == Path::new(".git") {
+            // The link to the repository (also a submodule's) differs.
+            if relative.file_name() == Some(std::ffi::OsStr::new(".git")) {
                 continue;
             }
             let metadata = std::fs::symlink_metadata(&path)?;
@@ -356,5 +357,81 @@ fn sparse_checkout_of_the_main_worktree_is_inherited_like_git() -> TestResult {
             repo.git(["sparse-checkout", "list"])?
         );
     }
+    Ok(())
+}
+
+/// Initialised submodules (nested ones too) are what `git submodule update
+/// --init --recursive` makes. Runs in a child process whose environment
+/// allows the local clones (`protocol.file.allow`, off for submodules).
+#[test]
+fn submodules_are_initialised_when_asked() -> TestResult {
+    if test_support::child::args().is_none() {
+        let mut command =
+            test_support::child::command("fidelity::submodules_are_initialised_when_asked", &[])?;
+        command
+            .env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", "protocol.file.allow")
+            .env("GIT_CONFIG_VALUE_0", "always")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        test_support::child::wait_success(command.spawn()?)?;
+        return Ok(());
+    }
+    let inner = GitRepo::new()?;
+    inner.write("inner.txt", "inner\n")?;
+    inner.commit_all("inner")?;
+    let sub = GitRepo::new()?;
+    sub.write("lib.txt", "library\n")?;
+    sub.git([
+        "submodule",
+        "add",
+        "--quiet",
+        inner.path().to_str().ok_or("path")?,
+        "nested",
+    ])?;
+    sub.commit_all("library")?;
+    let repo = GitRepo::new()?;
+    repo.git([
+        "submodule",
+        "add",
+        "--quiet",
+        sub.path().to_str().ok_or("path")?,
+        "vendor/lib",
+    ])?;
+    repo.commit_all("submodule")?;
+
+    let theirs_dir = tempfile::tempdir()?;
+    let theirs = theirs_dir.path().join("wt");
+    repo.git([
+        "worktree",
+        "add",
+        "--quiet",
+        "--detach",
+        theirs.to_str().ok_or("path")?,
+    ])?;
+    test_support::git(
+        &theirs,
+        ["submodule", "update", "--init", "--recursive", "--quiet"],
+    )?;
+    let worktrees = open(&repo)?;
+    let mut request = CreateRequest::new("fidelity", "submodules-init");
+    request.detach = true;
+    request.submodules = true;
+    let ours = worktrees.create(&request)?;
+    assert_eq!(snapshot(&ours.path)?, snapshot(&theirs)?);
+    assert_eq!(
+        std::fs::read(ours.path.join("vendor/lib/nested/inner.txt"))?,
+        b"inner\n"
+    );
+    assert_eq!(status(&ours.path)?, "");
+    let info = worktrees
+        .list()?
+        .into_iter()
+        .find(|w| w.path == ours.path)
+        .ok_or("not listed")?;
+    assert_eq!(info.dirty_files, Vec::<String>::new());
+    // Removing it removes the submodules' repositories with it.
+    worktrees.remove(&ours.id, worktree_core::RemoveOptions::default())?;
+    assert!(!ours.path.exists());
     Ok(())
 }
