@@ -448,7 +448,11 @@ fn diff_trees(
 /// `commit`), every name on them checked with [`check_name`], so that a
 /// hostile tree is refused before [`switch`] writes anything.
 #[derive(Debug)]
-pub(crate) struct Changes(Vec<Change>);
+pub(crate) struct Changes {
+    list: Vec<Change>,
+    /// The new tree.
+    tree: Oid,
+}
 
 /// Compares `old` with `new` (the tree of `commit`); see [`Changes`].
 pub(crate) fn changes(
@@ -459,7 +463,10 @@ pub(crate) fn changes(
 ) -> Result<Changes> {
     let mut changes = Vec::new();
     diff_trees(repo, Some(old), Some(new), b"", commit, &mut changes)?;
-    Ok(Changes(changes))
+    Ok(Changes {
+        list: changes,
+        tree: new.id(),
+    })
 }
 
 /// Re-points the worktree at `root` by applying `changes`: writes only the
@@ -472,11 +479,36 @@ pub(crate) fn switch(
     root: &Path,
     index_path: &Path,
     index: Option<git2::Index>,
-    Changes(changes): Changes,
+    Changes {
+        list: changes,
+        tree,
+    }: Changes,
 ) -> Result<usize> {
     let odb = repo
         .odb()
         .map_err(git("open object database", repo.path().display()))?;
+    // The changed files are converted with the new tree's attributes (git
+    // rewrites only those, too).
+    let mut context = if changes
+        .iter()
+        .any(|c| c.new.is_some_and(|(_, mode)| kind(mode) == MODE_FILE))
+    {
+        let tree = repo.find_tree(tree).map_err(git("read tree", tree))?;
+        Context::load(repo, &attribute_files(&tree)?)?
+    } else {
+        None
+    };
+    let plans: Vec<Option<Plan>> = changes
+        .iter()
+        .map(|change| match (&mut context, change.new) {
+            (Some(context), Some((_, mode))) if kind(mode) == MODE_FILE => {
+                Some(context.plan(repo, &change.path))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut filters = context.as_ref().map(|c| Filters::new(c, root));
+    let mut newest_foreign = None;
     let mut index = match index {
         Some(index) => index,
         None => git2::Index::open(index_path).map_err(git("open index", index_path.display()))?,
@@ -497,7 +529,7 @@ pub(crate) fn switch(
         }
     }
     let mut written = 0;
-    for change in &changes {
+    for (change, plan) in changes.iter().zip(&plans) {
         let Some((oid, mode)) = change.new else {
             continue;
         };
@@ -522,7 +554,17 @@ pub(crate) fn switch(
             }
             Ok(meta) if meta.is_file() && meta.nlink() == 1 && kind(mode) == MODE_FILE => {
                 // Rewrite in place: no new inode to allocate.
-                let entry = overwrite(&odb, &target, &file)?;
+                let data = content(
+                    &odb,
+                    context.as_ref(),
+                    filters.as_mut(),
+                    &file,
+                    plan.as_ref(),
+                )?;
+                let entry = overwrite(&target, &file, &data.0)?;
+                if data.1 {
+                    newest_foreign = newest_foreign.max(Some(mtime(&entry)));
+                }
                 index
                     .add(&entry)
                     .map_err(git("add to index", rel.display()))?;
@@ -532,16 +574,80 @@ pub(crate) fn switch(
             Ok(_) => std::fs::remove_file(&target).map_err(io("remove file", &target))?,
             Err(_) => {}
         }
-        let entry = write_one(&odb, root, &file)?;
+        let entry = if kind(mode) == MODE_FILE {
+            let data = content(
+                &odb,
+                context.as_ref(),
+                filters.as_mut(),
+                &file,
+                plan.as_ref(),
+            )?;
+            let entry = write_file(root, &file, &data.0)?;
+            if data.1 {
+                newest_foreign = newest_foreign.max(Some(mtime(&entry)));
+            }
+            entry
+        } else {
+            write_one(&odb, root, &file)?
+        };
         index
             .add(&entry)
             .map_err(git("add to index", rel.display()))?;
         written += 1;
     }
+    if let Some(filters) = filters {
+        filters.finish();
+    }
+    if let Some(newest) = newest_foreign {
+        wait_past(root, newest)?;
+    }
     index
         .write()
         .map_err(git("write index", index_path.display()))?;
     Ok(written)
+}
+
+fn mtime(entry: &IndexEntry) -> (i32, u32) {
+    (entry.mtime.seconds(), entry.mtime.nanoseconds())
+}
+
+/// The `.gitattributes` files of `tree`: their directory (`""` or `a/b/`)
+/// and blob.
+fn attribute_files(tree: &Tree<'_>) -> Result<Vec<(Vec<u8>, Oid)>> {
+    let mut found = Vec::new();
+    tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
+        if entry.name_bytes() == b".gitattributes"
+            && matches!(entry.filemode() as u32, MODE_FILE | MODE_EXEC)
+        {
+            found.push((dir.as_bytes().to_vec(), entry.id()));
+        }
+        TreeWalkResult::Ok
+    })
+    .map_err(git("walk tree", tree.id()))?;
+    Ok(found)
+}
+
+/// The content `file` gets in the worktree, and whether libgit2 could not
+/// reproduce its conversion.
+fn content(
+    odb: &git2::Odb<'_>,
+    context: Option<&Context>,
+    filters: Option<&mut Filters<'_>>,
+    file: &TreeFile,
+    plan: Option<&Plan>,
+) -> Result<(Vec<u8>, bool)> {
+    let object = odb.read(file.oid).map_err(git("read blob", file.oid))?;
+    let (Some(context), Some(plan)) = (context, plan) else {
+        return Ok((object.data().to_vec(), false));
+    };
+    let data = context
+        .convert(plan, file.oid, object.data())
+        .unwrap_or_else(|| object.data().to_vec());
+    let data = match filters {
+        Some(filters) if plan.filtered() => filters.smudge(plan, &file.path, data)?,
+        _ => data,
+    };
+    Ok((data, plan.foreign()))
 }
 
 /// Regular files (plain or executable), symlinks and gitlinks are different
@@ -550,17 +656,15 @@ fn kind(mode: u32) -> u32 {
     if mode == MODE_EXEC { MODE_FILE } else { mode }
 }
 
-/// Rewrites the regular file `path` in place with `file`'s blob and mode.
-fn overwrite(odb: &git2::Odb<'_>, path: &Path, file: &TreeFile) -> Result<IndexEntry> {
+/// Rewrites the regular file `path` in place with `data` and `file`'s mode.
+fn overwrite(path: &Path, file: &TreeFile, data: &[u8]) -> Result<IndexEntry> {
     use std::os::unix::fs::PermissionsExt as _;
-    let object = odb.read(file.oid).map_err(git("read blob", file.oid))?;
     let mut out = OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(path)
         .map_err(io("open file", path))?;
-    out.write_all(object.data())
-        .map_err(io("write file", path))?;
+    out.write_all(data).map_err(io("write file", path))?;
     let current = out
         .metadata()
         .map_err(io("stat", path))?

@@ -435,3 +435,53 @@ fn submodules_are_initialised_when_asked() -> TestResult {
     assert!(!ours.path.exists());
     Ok(())
 }
+
+/// A pooled worktree moved to another commit converts the files it
+/// rewrites as a fresh checkout does.
+#[test]
+fn a_pooled_hand_out_converts_like_git() -> TestResult {
+    let repo = GitRepo::new()?;
+    repo.write("a.txt", "one\ntwo\n")?;
+    repo.write("s.rot", "Hello\n")?;
+    repo.commit_all("blobs")?;
+    repo.write(
+        ".gitattributes",
+        "*.txt text eol=crlf\n*.rot filter=rot13\n",
+    )?;
+    repo.git(["add", ".gitattributes"])?;
+    repo.git(["commit", "--quiet", "-m", "attributes"])?;
+    repo.git(["config", "filter.rot13.smudge", "tr a-zA-Z n-za-mN-ZA-M"])?;
+    repo.git(["config", "filter.rot13.clean", "tr a-zA-Z n-za-mN-ZA-M"])?;
+    let first = repo.git(["rev-parse", "HEAD"])?.trim().to_owned();
+    repo.git(["reset", "--hard", "--quiet"])?;
+    repo.write("a.txt", "one\ntwo\nthree\n")?;
+    repo.write("s.rot", "Hello again\n")?;
+    repo.write("new/b.txt", "new\n")?;
+    repo.commit_all("changes")?;
+
+    let worktrees = open(&repo)?;
+    let mut seed = CreateRequest::new("fidelity", "seed");
+    seed.detach = true;
+    seed.base = Some(first);
+    let seeded = worktrees.create(&seed)?;
+    worktrees.release_to_pool(&seeded.id)?;
+    let mut request = CreateRequest::new("fidelity", "pooled");
+    request.detach = true;
+    let ours = worktrees.create(&request)?;
+    assert!(ours.from_pool);
+    let theirs_dir = tempfile::tempdir()?;
+    let theirs = theirs_dir.path().join("wt");
+    repo.git([
+        "worktree",
+        "add",
+        "--quiet",
+        "--detach",
+        theirs.to_str().ok_or("path")?,
+    ])?;
+    assert_eq!(snapshot(&ours.path)?, snapshot(&theirs)?);
+    // Committed through the clean filter, smudged back.
+    assert_eq!(std::fs::read(ours.path.join("s.rot"))?, b"Hello again\n");
+    assert_eq!(std::fs::read(ours.path.join("a.txt"))?, b"one\r\ntwo\r\nthree\r\n");
+    assert_eq!(status(&ours.path)?, "");
+    Ok(())
+}
