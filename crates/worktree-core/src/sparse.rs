@@ -25,10 +25,9 @@ pub(crate) struct Sparse {
 fn config_bool(files: &[&Path], key: &str) -> Option<bool> {
     files
         .iter()
+        .rev()
         .filter(|f| f.is_file())
-        .filter_map(|f| git2::Config::open(f).ok())
-        .filter_map(|c| c.get_bool(key).ok())
-        .last()
+        .find_map(|f| git2::Config::open(f).ok()?.get_bool(key).ok())
 }
 
 impl Sparse {
