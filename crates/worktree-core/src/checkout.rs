@@ -541,55 +541,40 @@ pub(crate) fn switch(
             oid,
             mode,
         };
-        match std::fs::symlink_metadata(&target) {
-            Ok(meta) if meta.is_dir() && mode == MODE_GITLINK => {
-                index
-                    .add(&entry(&file, None))
-                    .map_err(git("add to index", rel.display()))?;
-                written += 1;
-                continue;
-            }
-            Ok(meta) if meta.is_dir() => {
-                std::fs::remove_dir_all(&target).map_err(io("remove directory", &target))?;
-            }
-            Ok(meta) if meta.is_file() && meta.nlink() == 1 && kind(mode) == MODE_FILE => {
-                // Rewrite in place: no new inode to allocate.
-                let data = content(
-                    &odb,
-                    context.as_ref(),
-                    filters.as_mut(),
-                    &file,
-                    plan.as_ref(),
-                )?;
-                let entry = overwrite(&target, &file, &data.0)?;
-                if data.1 {
-                    newest_foreign = newest_foreign.max(Some(mtime(&entry)));
-                }
-                index
-                    .add(&entry)
-                    .map_err(git("add to index", rel.display()))?;
-                written += 1;
-                continue;
-            }
-            Ok(_) => std::fs::remove_file(&target).map_err(io("remove file", &target))?,
-            Err(_) => {}
-        }
-        let entry = if kind(mode) == MODE_FILE {
-            let data = content(
+        let converted = if kind(mode) == MODE_FILE {
+            Some(content(
                 &odb,
                 context.as_ref(),
                 filters.as_mut(),
                 &file,
                 plan.as_ref(),
-            )?;
-            let entry = write_file(root, &file, &data.0)?;
-            if data.1 {
-                newest_foreign = newest_foreign.max(Some(mtime(&entry)));
-            }
-            entry
+            )?)
         } else {
-            write_one(&odb, root, &file)?
+            None
         };
+        let entry = match (std::fs::symlink_metadata(&target), &converted) {
+            (Ok(meta), _) if meta.is_dir() && mode == MODE_GITLINK => entry(&file, None),
+            // Rewrite in place: no new inode to allocate.
+            (Ok(meta), Some((data, _))) if meta.is_file() && meta.nlink() == 1 => {
+                overwrite(&target, &file, data)?
+            }
+            (found, _) => {
+                match found {
+                    Ok(meta) if meta.is_dir() => {
+                        std::fs::remove_dir_all(&target).map_err(io("remove directory", &target))?
+                    }
+                    Ok(_) => std::fs::remove_file(&target).map_err(io("remove file", &target))?,
+                    Err(_) => {}
+                }
+                match &converted {
+                    Some((data, _)) => write_file(root, &file, data)?,
+                    None => write_one(&odb, root, &file)?,
+                }
+            }
+        };
+        if let Some((_, true)) = converted {
+            newest_foreign = newest_foreign.max(Some(mtime(&entry)));
+        }
         index
             .add(&entry)
             .map_err(git("add to index", rel.display()))?;

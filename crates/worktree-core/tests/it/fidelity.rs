@@ -99,6 +99,33 @@ fn compare_with_git(repo: &GitRepo, id: &str) -> TestResult<PathBuf> {
     Ok(ours.path)
 }
 
+/// A repository whose `files` are committed as they are (their blobs keep
+/// their bytes), then `attributes` as the root `.gitattributes` alone (so
+/// that `git add` does not convert the files again), with `config` set.
+fn fixture(
+    files: &[(&str, &str)],
+    attributes: &str,
+    config: &[(&str, &str)],
+) -> TestResult<GitRepo> {
+    let repo = GitRepo::new()?;
+    for (path, content) in files {
+        repo.write(path, content)?;
+    }
+    repo.commit_all("blobs")?;
+    repo.write(".gitattributes", attributes)?;
+    repo.git(["add", ".gitattributes"])?;
+    repo.git(["commit", "--quiet", "-m", "attributes"])?;
+    for (key, value) in config {
+        repo.git(["config", key, value])?;
+    }
+    Ok(repo)
+}
+
+const ROT13: [(&str, &str); 2] = [
+    ("filter.rot13.smudge", "tr a-zA-Z n-za-mN-ZA-M"),
+    ("filter.rot13.clean", "tr a-zA-Z n-za-mN-ZA-M"),
+];
+
 /// Text with LF, CRLF and mixed line ends, binary data, `$Id$` keywords.
 fn write_samples(repo: &GitRepo, dir: &str) -> TestResult {
     let samples: [(&str, &[u8]); 9] = [
@@ -165,63 +192,63 @@ fn eol_attributes_and_settings_match_git() -> TestResult {
 
 #[test]
 fn ident_matches_git() -> TestResult {
-    let repo = GitRepo::new()?;
-    repo.write("src/a.c", "/* $Id$ */\nint a;\n")?;
-    repo.write(
-        "src/b.c",
-        "/* $Id: stale expansion $ */\n/* $Id: a b c $ */\n",
+    let repo = fixture(
+        &[
+            ("src/a.c", "/* $Id$ */\nint a;\n"),
+            (
+                "src/b.c",
+                "/* $Id: stale expansion $ */\n/* $Id: a b c $ */\n",
+            ),
+            ("src/c.h", "/* $Id$ untouched: no attribute */\n"),
+        ],
+        "*.c ident\n*.c text eol=crlf\n",
+        &[],
     )?;
-    repo.write("src/c.h", "/* $Id$ untouched: no attribute */\n")?;
-    repo.commit_all("sources")?;
-    repo.write(".gitattributes", "*.c ident\n*.c text eol=crlf\n")?;
-    repo.commit_all("attributes")?;
+    // Stored collapsed, as `git add` stores them (an expanded id in a blob
+    // leaves even git's own checkout modified).
+    repo.git(["add", "--renormalize", "."])?;
+    repo.git(["commit", "--quiet", "-m", "renormalised"])?;
     compare_with_git(&repo, "ident")?;
     Ok(())
 }
 
 #[test]
 fn working_tree_encoding_matches_git() -> TestResult {
-    let repo = GitRepo::new()?;
     let text = "h\u{e9}llo w\u{f6}rld \u{20ac}\nsecond line\n";
-    for name in ["a.u16", "a.u16le", "a.u16bom", "a.u32", "a.utf8"] {
-        repo.write(name, text)?;
-    }
-    repo.write("a.lat", "h\u{e9}llo\n")?;
-    repo.commit_all("utf-8 blobs")?;
-    repo.write(
-        ".gitattributes",
+    let files = ["a.u16", "a.u16le", "a.u16bom", "a.u32", "a.utf8"].map(|name| (name, text));
+    let repo = fixture(
+        &[files.as_slice(), &[("a.lat", "h\u{e9}llo\n")]].concat(),
         "*.u16 working-tree-encoding=UTF-16\n*.u16le working-tree-encoding=utf-16le\n\
          *.u16bom text eol=crlf working-tree-encoding=UTF-16LE-BOM\n\
          *.u32 working-tree-encoding=UTF-32BE\n*.utf8 working-tree-encoding=UTF-8\n\
          *.lat working-tree-encoding=ISO-8859-1\n",
+        &[],
     )?;
-    // Only the attributes: `git add` would re-encode the UTF-8 files.
-    repo.git(["add", ".gitattributes"])?;
-    repo.git(["commit", "--quiet", "-m", "encodings"])?;
     compare_with_git(&repo, "encoding")?;
     Ok(())
 }
 
 #[test]
 fn smudge_filters_match_git() -> TestResult {
-    let repo = GitRepo::new()?;
-    repo.write("secret.rot", "Hello, World!\n")?;
-    repo.write("dir/named.tag", "content\n")?;
-    repo.write("dir/flaky.fl", "kept as stored\n")?;
-    repo.write("dir/unset.nf", "no such driver\n")?;
-    repo.commit_all("to be filtered")?;
-    repo.write(
-        ".gitattributes",
+    let repo = fixture(
+        &[
+            ("secret.rot", "Hello, World!\n"),
+            ("dir/named.tag", "content\n"),
+            ("dir/flaky.fl", "kept as stored\n"),
+            ("dir/unset.nf", "no such driver\n"),
+        ],
         "*.rot filter=rot13\n*.tag filter=tag\n*.fl filter=flaky\n*.nf filter=nothing\n",
+        &[
+            ROT13[0],
+            ROT13[1],
+            ("filter.tag.smudge", "cat && echo %f"),
+            ("filter.tag.clean", "sed '$d'"),
+            // Not required: its failure leaves the file as stored, in git
+            // and here.
+            ("filter.flaky.smudge", "cat >/dev/null; exit 3"),
+            ("filter.flaky.clean", "cat"),
+        ],
     )?;
-    repo.commit_all("filters")?;
-    repo.git(["config", "filter.rot13.smudge", "tr a-zA-Z n-za-mN-ZA-M"])?;
-    repo.git(["config", "filter.rot13.clean", "tr a-zA-Z n-za-mN-ZA-M"])?;
-    repo.git(["config", "filter.tag.smudge", "cat && echo %f"])?;
-    repo.git(["config", "filter.tag.clean", "sed '$d'"])?;
-    // Not required: its failure leaves the file as stored, in git and here.
-    repo.git(["config", "filter.flaky.smudge", "cat >/dev/null; exit 3"])?;
-    repo.git(["config", "filter.flaky.clean", "cat"])?;
     let ours = compare_with_git(&repo, "smudge")?;
     assert_eq!(std::fs::read(ours.join("secret.rot"))?, b"Uryyb, Jbeyq!\n");
     assert_eq!(
@@ -233,13 +260,14 @@ fn smudge_filters_match_git() -> TestResult {
 
 #[test]
 fn a_required_filter_that_fails_fails_the_create() -> TestResult {
-    let repo = GitRepo::new()?;
-    repo.write("a.req", "data\n")?;
-    repo.commit_all("data")?;
-    repo.write(".gitattributes", "*.req filter=strict\n")?;
-    repo.commit_all("filter")?;
-    repo.git(["config", "filter.strict.smudge", "cat >/dev/null; exit 1"])?;
-    repo.git(["config", "filter.strict.required", "true"])?;
+    let repo = fixture(
+        &[("a.req", "data\n")],
+        "*.req filter=strict\n",
+        &[
+            ("filter.strict.smudge", "cat >/dev/null; exit 1"),
+            ("filter.strict.required", "true"),
+        ],
+    )?;
     let git_dir = tempfile::tempdir()?;
     let refused = test_support::git(
         repo.path(),
@@ -440,18 +468,11 @@ fn submodules_are_initialised_when_asked() -> TestResult {
 /// rewrites as a fresh checkout does.
 #[test]
 fn a_pooled_hand_out_converts_like_git() -> TestResult {
-    let repo = GitRepo::new()?;
-    repo.write("a.txt", "one\ntwo\n")?;
-    repo.write("s.rot", "Hello\n")?;
-    repo.commit_all("blobs")?;
-    repo.write(
-        ".gitattributes",
+    let repo = fixture(
+        &[("a.txt", "one\ntwo\n"), ("s.rot", "Hello\n")],
         "*.txt text eol=crlf\n*.rot filter=rot13\n",
+        &ROT13,
     )?;
-    repo.git(["add", ".gitattributes"])?;
-    repo.git(["commit", "--quiet", "-m", "attributes"])?;
-    repo.git(["config", "filter.rot13.smudge", "tr a-zA-Z n-za-mN-ZA-M"])?;
-    repo.git(["config", "filter.rot13.clean", "tr a-zA-Z n-za-mN-ZA-M"])?;
     let first = repo.git(["rev-parse", "HEAD"])?.trim().to_owned();
     repo.git(["reset", "--hard", "--quiet"])?;
     repo.write("a.txt", "one\ntwo\nthree\n")?;
@@ -481,7 +502,10 @@ fn a_pooled_hand_out_converts_like_git() -> TestResult {
     assert_eq!(snapshot(&ours.path)?, snapshot(&theirs)?);
     // Committed through the clean filter, smudged back.
     assert_eq!(std::fs::read(ours.path.join("s.rot"))?, b"Hello again\n");
-    assert_eq!(std::fs::read(ours.path.join("a.txt"))?, b"one\r\ntwo\r\nthree\r\n");
+    assert_eq!(
+        std::fs::read(ours.path.join("a.txt"))?,
+        b"one\r\ntwo\r\nthree\r\n"
+    );
     assert_eq!(status(&ours.path)?, "");
     Ok(())
 }
