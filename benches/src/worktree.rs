@@ -278,7 +278,7 @@ fn iterations_of(config: &Config) -> usize {
 }
 
 /// Bumped whenever [`realistic_repo`] or [`public_repo`] changes.
-const FIXTURE_VERSION: u32 = 1;
+const FIXTURE_VERSION: u32 = 2;
 
 /// A generated repository shaped like a real one, under `parent`: about
 /// 4,000 files (1,000 when `quick`) of 1-16 KB in nested directories, a
@@ -395,7 +395,7 @@ fn realistic_repo(parent: &Path, quick: bool) -> BenchResult<PathBuf> {
 /// libgit2-sys's crate sources from the local cargo registry (libgit2's C
 /// sources with their own `.gitattributes`: a real public tree that every
 /// build of this workspace has) committed into a fresh repository under
-/// `parent`. Built once.
+/// `parent`, packed as a clone is. Built once.
 fn public_repo(parent: &Path) -> BenchResult<PathBuf> {
     let repo = parent.join("public-libgit2-sys");
     let marker = repo
@@ -438,6 +438,9 @@ fn public_repo(parent: &Path) -> BenchResult<PathBuf> {
     test_support::git(&repo, ["init", "--quiet", "--initial-branch=main"])?;
     test_support::git(&repo, ["add", "--all", "--force"])?;
     test_support::git(&repo, ["commit", "--quiet", "-m", "libgit2-sys sources"])?;
+    // Packed, as a clone is.
+    test_support::git(&repo, ["repack", "-a", "-d", "-q"])?;
+    test_support::git(&repo, ["prune"])?;
     std::fs::write(&marker, "")?;
     Ok(repo)
 }
