@@ -170,12 +170,19 @@ pub(crate) fn check_out(
 }
 
 /// Waits until a file written now gets a modification time later than
-/// `newest` (the file system's clock is coarser than the system's).
+/// `newest` (the file system's clock is coarser than the system's), probing
+/// with a file of its own in `root` that it never lets replace anything.
 fn wait_past(root: &Path, newest: (i32, u32)) -> Result<()> {
-    let probe = root.join(".git-isolane-clock");
+    let probe = root.join(format!(".isolane-clock-{}", std::process::id()));
     for _ in 0..1000 {
-        std::fs::write(&probe, b"").map_err(io("write", &probe))?;
-        let metadata = std::fs::metadata(&probe).map_err(io("stat", &probe));
+        let created = OpenOptions::new().write(true).create_new(true).open(&probe);
+        let Ok(file) = created else {
+            // The name is taken (a tracked file?): wait out a coarse tick.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            return Ok(());
+        };
+        let metadata = file.metadata().map_err(io("stat", &probe));
+        drop(file);
         std::fs::remove_file(&probe).map_err(io("remove", &probe))?;
         let metadata = metadata?;
         if (metadata.mtime() as i32, metadata.mtime_nsec() as u32) > newest {
