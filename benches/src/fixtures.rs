@@ -110,7 +110,7 @@ fn path_of(i: usize, files: usize) -> String {
 
 /// Source-like text: lines of words from a small vocabulary, so it
 /// compresses about as well as code does.
-fn content(rng: &mut Rng, size: usize) -> Vec<u8> {
+pub(crate) fn content(rng: &mut Rng, size: usize) -> Vec<u8> {
     const WORDS: &[&str] = &[
         "fn", "let", "mut", "self", "match", "return", "impl", "struct", "pub", "use", "if",
         "else", "for", "in", "while", "loop", "Some", "None", "Ok", "Err", "value", "index",
@@ -137,7 +137,7 @@ fn content(rng: &mut Rng, size: usize) -> Vec<u8> {
 }
 
 /// splitmix64: small, fast and deterministic.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -148,7 +148,7 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
 }

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use git2::{IndexEntry, IndexTime, Oid, Repository, Tree, TreeWalkMode, TreeWalkResult};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::convert::{Context, Filters, Plan};
 use crate::error::{Error, Result, git, io};
+use crate::sparse::Sparse;
 
 /// Files per work item of the parallel checkout.
 const CHUNK: usize = 32;
@@ -23,6 +25,10 @@ const MODE_FILE: u32 = 0o100_644;
 const MODE_EXEC: u32 = 0o100_755;
 const MODE_LINK: u32 = 0o120_000;
 const MODE_GITLINK: u32 = 0o160_000;
+
+/// Index entry flags: extended flags follow; the path is skip-worktree.
+const INDEX_EXTENDED: u16 = 0x4000;
+const INDEX_SKIP_WORKTREE: u16 = 0x4000;
 
 /// One tracked path of a tree.
 #[derive(Debug, Clone)]
@@ -96,32 +102,105 @@ pub(crate) fn check_name(name: &[u8], mode: u32, path: &[u8], commit: Oid) -> Re
     }
 }
 
-/// Whether a plain checkout writes exactly the blobs: no attributes (eol,
-/// filters) in the tree, in `info/attributes` or in a configured attributes
-/// file, and no autocrlf in the configuration.
-pub(crate) fn is_plain(repo: &Repository, files: &[TreeFile]) -> bool {
-    let in_tree = files
-        .iter()
-        .any(|f| f.path.rsplit(|&b| b == b'/').next() == Some(b".gitattributes".as_slice()));
-    let info = std::fs::metadata(repo.commondir().join("info").join("attributes"))
-        .is_ok_and(|m| m.len() > 0);
-    let config = repo.config().ok();
-    let set = |key: &str| {
-        config
-            .as_ref()
-            .and_then(|c| c.get_string(key).ok())
-            .is_some_and(|v| !v.is_empty() && v != "false")
-    };
-    !in_tree && !info && !set("core.autocrlf") && !set("core.attributesfile")
-}
-
-/// Writes `files` under `root` (which exists) in parallel, reading blobs
-/// from the repository at `git_dir`, and returns their index entries in the
-/// same order.
-pub(crate) fn write_all(
+/// Checks out `files` (the tree of a commit, from [`tree_files`]) into the
+/// empty worktree `root` of `repo` (whose common directory is `git_dir`)
+/// and returns their index entries, in order. Files are converted as git
+/// converts them (see [`crate::convert`]): in parallel, except those that
+/// go through a filter driver, which one thread sends through the filter
+/// while the others write the rest.
+pub(crate) fn check_out(
+    repo: &Repository,
     git_dir: &Path,
     root: &Path,
     files: &[TreeFile],
+    sparse: Option<&Sparse>,
+) -> Result<Vec<IndexEntry>> {
+    if let Some(sparse) = sparse {
+        // Paths outside the patterns are not written: their entries are
+        // marked skip-worktree, as git marks them.
+        let (kept, skipped): (Vec<TreeFile>, Vec<TreeFile>) = files
+            .iter()
+            .cloned()
+            .partition(|f| sparse.includes(&f.path));
+        let mut entries = check_out(repo, git_dir, root, &kept, None)?;
+        entries.extend(skipped.iter().map(|f| {
+            let mut entry = entry(f, None);
+            entry.flags |= INDEX_EXTENDED;
+            entry.flags_extended |= INDEX_SKIP_WORKTREE;
+            entry
+        }));
+        entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        return Ok(entries);
+    }
+    let tree_attributes: Vec<(Vec<u8>, Oid)> = files
+        .iter()
+        .filter(|f| matches!(f.mode, MODE_FILE | MODE_EXEC))
+        .filter_map(|f| {
+            let dir = f.path.strip_suffix(b".gitattributes")?;
+            (dir.is_empty() || dir.ends_with(b"/")).then(|| (dir.to_vec(), f.oid))
+        })
+        .collect();
+    let Some(mut context) = Context::load(repo, &tree_attributes)? else {
+        return write_all(git_dir, root, files, None);
+    };
+    let plans: Vec<Plan> = files
+        .iter()
+        .map(|f| {
+            if matches!(f.mode, MODE_FILE | MODE_EXEC) {
+                context.plan(repo, &f.path)
+            } else {
+                Plan::PLAIN
+            }
+        })
+        .collect();
+    let entries = write_all(git_dir, root, files, Some((&context, &plans)))?;
+    // libgit2 cannot redo a filter driver's or an encoding's work: such
+    // files must not look racily clean to it (modified in the second the
+    // index was written), or its status would re-read and misjudge them.
+    let newest = entries
+        .iter()
+        .zip(&plans)
+        .filter(|(_, plan)| plan.foreign())
+        .map(|(entry, _)| (entry.mtime.seconds(), entry.mtime.nanoseconds()))
+        .max();
+    if let Some(newest) = newest {
+        wait_past(root, newest)?;
+    }
+    Ok(entries)
+}
+
+/// Waits until a file written now gets a modification time later than
+/// `newest` (the file system's clock is coarser than the system's), probing
+/// with a file of its own in `root` that it never lets replace anything.
+fn wait_past(root: &Path, newest: (i32, u32)) -> Result<()> {
+    let probe = root.join(format!(".isolane-clock-{}", std::process::id()));
+    for _ in 0..1000 {
+        let created = OpenOptions::new().write(true).create_new(true).open(&probe);
+        let Ok(file) = created else {
+            // The name is taken (a tracked file?): wait out a coarse tick.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            return Ok(());
+        };
+        let metadata = file.metadata().map_err(io("stat", &probe));
+        drop(file);
+        std::fs::remove_file(&probe).map_err(io("remove", &probe))?;
+        let metadata = metadata?;
+        if (metadata.mtime() as i32, metadata.mtime_nsec() as u32) > newest {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// Writes `files` under `root` (which exists) in parallel, reading blobs
+/// from the repository at `git_dir`, converted by their plans when given,
+/// and returns their index entries in the same order.
+fn write_all(
+    git_dir: &Path,
+    root: &Path,
+    files: &[TreeFile],
+    convert: Option<(&Context, &[Plan])>,
 ) -> Result<Vec<IndexEntry>> {
     let mut dirs = BTreeSet::new();
     for file in files {
@@ -137,6 +216,10 @@ pub(crate) fn write_all(
         let path = root.join(dir);
         std::fs::create_dir(&path).map_err(io("create directory", path))?;
     }
+    let filtered: Vec<usize> = match convert {
+        Some((_, plans)) => (0..files.len()).filter(|&i| plans[i].filtered()).collect(),
+        None => Vec::new(),
+    };
     // One repository (and so one object cache) per thread, pulling chunks
     // of neighbouring paths (which often share delta bases) from a counter.
     // More threads than cores: file creation blocks in the kernel.
@@ -145,12 +228,14 @@ pub(crate) fn write_all(
         .clamp(2, 8)
         .min(files.len().div_ceil(CHUNK).max(1));
     let next = AtomicUsize::new(0);
+    let open = || -> Result<Repository> {
+        Repository::open(git_dir).map_err(git("open repository", git_dir.display()))
+    };
     let results: Vec<Result<Vec<(usize, IndexEntry)>>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
+        let mut workers: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
-                    let repo = Repository::open(git_dir)
-                        .map_err(git("open repository", git_dir.display()))?;
+                    let repo = open()?;
                     let odb = repo
                         .odb()
                         .map_err(git("open object database", git_dir.display()))?;
@@ -161,12 +246,47 @@ pub(crate) fn write_all(
                             return Ok(out);
                         }
                         for (i, file) in files.iter().enumerate().skip(start).take(CHUNK) {
-                            out.push((i, write_one(&odb, root, file)?));
+                            let plan = convert.map(|(context, plans)| (context, &plans[i]));
+                            match plan {
+                                Some((_, plan)) if plan.filtered() => continue,
+                                Some((context, plan)) if *plan != Plan::PLAIN => {
+                                    let object =
+                                        odb.read(file.oid).map_err(git("read blob", file.oid))?;
+                                    let data = context.convert(plan, file.oid, object.data());
+                                    let data = data.as_deref().unwrap_or(object.data());
+                                    out.push((i, write_file(root, file, data)?));
+                                }
+                                _ => out.push((i, write_one(&odb, root, file)?)),
+                            }
                         }
                     }
                 })
             })
             .collect();
+        if let Some((context, plans)) = convert.filter(|_| !filtered.is_empty()) {
+            let filtered = &filtered;
+            workers.push(scope.spawn(move || {
+                let repo = open()?;
+                let odb = repo
+                    .odb()
+                    .map_err(git("open object database", git_dir.display()))?;
+                let mut filters = Filters::new(context, root);
+                let result = filtered
+                    .iter()
+                    .map(|&i| {
+                        let (file, plan) = (&files[i], &plans[i]);
+                        let object = odb.read(file.oid).map_err(git("read blob", file.oid))?;
+                        let data = context
+                            .convert(plan, file.oid, object.data())
+                            .unwrap_or_else(|| object.data().to_vec());
+                        let data = filters.smudge(plan, &file.path, data)?;
+                        Ok((i, write_file(root, file, &data)?))
+                    })
+                    .collect::<Result<Vec<_>>>();
+                filters.finish();
+                result
+            }));
+        }
         workers
             .into_iter()
             .map(|worker| {
@@ -182,6 +302,22 @@ pub(crate) fn write_all(
     }
     entries.sort_unstable_by_key(|(i, _)| *i);
     Ok(entries.into_iter().map(|(_, entry)| entry).collect())
+}
+
+/// Writes the regular file `file` with `data` (replacing nothing: the path
+/// must be free) and returns its index entry.
+fn write_file(root: &Path, file: &TreeFile, data: &[u8]) -> Result<IndexEntry> {
+    let path = root.join(OsStr::from_bytes(&file.path));
+    let perm = if file.mode == MODE_EXEC { 0o777 } else { 0o666 };
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(perm)
+        .open(&path)
+        .map_err(io("create file", &path))?;
+    out.write_all(data).map_err(io("write file", &path))?;
+    let metadata = out.metadata().map_err(io("stat", &path))?;
+    Ok(entry(file, Some(&metadata)))
 }
 
 /// Writes one file (replacing nothing: the path must be free) and returns
@@ -201,16 +337,7 @@ pub(crate) fn write_one(odb: &git2::Odb<'_>, root: &Path, file: &TreeFile) -> Re
         }
         _ => {
             let object = odb.read(file.oid).map_err(git("read blob", file.oid))?;
-            let perm = if file.mode == MODE_EXEC { 0o777 } else { 0o666 };
-            let mut out = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(perm)
-                .open(&path)
-                .map_err(io("create file", &path))?;
-            out.write_all(object.data())
-                .map_err(io("write file", &path))?;
-            out.metadata().map_err(io("stat", &path))?
+            return write_file(root, file, object.data());
         }
     };
     Ok(entry(file, Some(&metadata)))
@@ -328,7 +455,11 @@ fn diff_trees(
 /// `commit`), every name on them checked with [`check_name`], so that a
 /// hostile tree is refused before [`switch`] writes anything.
 #[derive(Debug)]
-pub(crate) struct Changes(Vec<Change>);
+pub(crate) struct Changes {
+    list: Vec<Change>,
+    /// The new tree.
+    tree: Oid,
+}
 
 /// Compares `old` with `new` (the tree of `commit`); see [`Changes`].
 pub(crate) fn changes(
@@ -339,7 +470,10 @@ pub(crate) fn changes(
 ) -> Result<Changes> {
     let mut changes = Vec::new();
     diff_trees(repo, Some(old), Some(new), b"", commit, &mut changes)?;
-    Ok(Changes(changes))
+    Ok(Changes {
+        list: changes,
+        tree: new.id(),
+    })
 }
 
 /// Re-points the worktree at `root` by applying `changes`: writes only the
@@ -352,11 +486,36 @@ pub(crate) fn switch(
     root: &Path,
     index_path: &Path,
     index: Option<git2::Index>,
-    Changes(changes): Changes,
+    Changes {
+        list: changes,
+        tree,
+    }: Changes,
 ) -> Result<usize> {
     let odb = repo
         .odb()
         .map_err(git("open object database", repo.path().display()))?;
+    // The changed files are converted with the new tree's attributes (git
+    // rewrites only those, too).
+    let mut context = if changes
+        .iter()
+        .any(|c| c.new.is_some_and(|(_, mode)| kind(mode) == MODE_FILE))
+    {
+        let tree = repo.find_tree(tree).map_err(git("read tree", tree))?;
+        Context::load(repo, &attribute_files(&tree)?)?
+    } else {
+        None
+    };
+    let plans: Vec<Option<Plan>> = changes
+        .iter()
+        .map(|change| match (&mut context, change.new) {
+            (Some(context), Some((_, mode))) if kind(mode) == MODE_FILE => {
+                Some(context.plan(repo, &change.path))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut filters = context.as_ref().map(|c| Filters::new(c, root));
+    let mut newest_foreign = None;
     let mut index = match index {
         Some(index) => index,
         None => git2::Index::open(index_path).map_err(git("open index", index_path.display()))?,
@@ -377,7 +536,7 @@ pub(crate) fn switch(
         }
     }
     let mut written = 0;
-    for change in &changes {
+    for (change, plan) in changes.iter().zip(&plans) {
         let Some((oid, mode)) = change.new else {
             continue;
         };
@@ -389,39 +548,98 @@ pub(crate) fn switch(
             oid,
             mode,
         };
-        match std::fs::symlink_metadata(&target) {
-            Ok(meta) if meta.is_dir() && mode == MODE_GITLINK => {
-                index
-                    .add(&entry(&file, None))
-                    .map_err(git("add to index", rel.display()))?;
-                written += 1;
-                continue;
+        let converted = if kind(mode) == MODE_FILE {
+            Some(content(
+                &odb,
+                context.as_ref(),
+                filters.as_mut(),
+                &file,
+                plan.as_ref(),
+            )?)
+        } else {
+            None
+        };
+        let entry = match (std::fs::symlink_metadata(&target), &converted) {
+            (Ok(meta), _) if meta.is_dir() && mode == MODE_GITLINK => entry(&file, None),
+            // Rewrite in place: no new inode to allocate.
+            (Ok(meta), Some((data, _))) if meta.is_file() && meta.nlink() == 1 => {
+                overwrite(&target, &file, data)?
             }
-            Ok(meta) if meta.is_dir() => {
-                std::fs::remove_dir_all(&target).map_err(io("remove directory", &target))?;
+            (found, _) => {
+                match found {
+                    Ok(meta) if meta.is_dir() => {
+                        std::fs::remove_dir_all(&target).map_err(io("remove directory", &target))?
+                    }
+                    Ok(_) => std::fs::remove_file(&target).map_err(io("remove file", &target))?,
+                    Err(_) => {}
+                }
+                match &converted {
+                    Some((data, _)) => write_file(root, &file, data)?,
+                    None => write_one(&odb, root, &file)?,
+                }
             }
-            Ok(meta) if meta.is_file() && meta.nlink() == 1 && kind(mode) == MODE_FILE => {
-                // Rewrite in place: no new inode to allocate.
-                let entry = overwrite(&odb, &target, &file)?;
-                index
-                    .add(&entry)
-                    .map_err(git("add to index", rel.display()))?;
-                written += 1;
-                continue;
-            }
-            Ok(_) => std::fs::remove_file(&target).map_err(io("remove file", &target))?,
-            Err(_) => {}
+        };
+        if let Some((_, true)) = converted {
+            newest_foreign = newest_foreign.max(Some(mtime(&entry)));
         }
-        let entry = write_one(&odb, root, &file)?;
         index
             .add(&entry)
             .map_err(git("add to index", rel.display()))?;
         written += 1;
     }
+    if let Some(filters) = filters {
+        filters.finish();
+    }
+    if let Some(newest) = newest_foreign {
+        wait_past(root, newest)?;
+    }
     index
         .write()
         .map_err(git("write index", index_path.display()))?;
     Ok(written)
+}
+
+fn mtime(entry: &IndexEntry) -> (i32, u32) {
+    (entry.mtime.seconds(), entry.mtime.nanoseconds())
+}
+
+/// The `.gitattributes` files of `tree`: their directory (`""` or `a/b/`)
+/// and blob.
+fn attribute_files(tree: &Tree<'_>) -> Result<Vec<(Vec<u8>, Oid)>> {
+    let mut found = Vec::new();
+    tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
+        if entry.name_bytes() == b".gitattributes"
+            && matches!(entry.filemode() as u32, MODE_FILE | MODE_EXEC)
+        {
+            found.push((dir.as_bytes().to_vec(), entry.id()));
+        }
+        TreeWalkResult::Ok
+    })
+    .map_err(git("walk tree", tree.id()))?;
+    Ok(found)
+}
+
+/// The content `file` gets in the worktree, and whether libgit2 could not
+/// reproduce its conversion.
+fn content(
+    odb: &git2::Odb<'_>,
+    context: Option<&Context>,
+    filters: Option<&mut Filters<'_>>,
+    file: &TreeFile,
+    plan: Option<&Plan>,
+) -> Result<(Vec<u8>, bool)> {
+    let object = odb.read(file.oid).map_err(git("read blob", file.oid))?;
+    let (Some(context), Some(plan)) = (context, plan) else {
+        return Ok((object.data().to_vec(), false));
+    };
+    let data = context
+        .convert(plan, file.oid, object.data())
+        .unwrap_or_else(|| object.data().to_vec());
+    let data = match filters {
+        Some(filters) if plan.filtered() => filters.smudge(plan, &file.path, data)?,
+        _ => data,
+    };
+    Ok((data, plan.foreign()))
 }
 
 /// Regular files (plain or executable), symlinks and gitlinks are different
@@ -430,17 +648,15 @@ fn kind(mode: u32) -> u32 {
     if mode == MODE_EXEC { MODE_FILE } else { mode }
 }
 
-/// Rewrites the regular file `path` in place with `file`'s blob and mode.
-fn overwrite(odb: &git2::Odb<'_>, path: &Path, file: &TreeFile) -> Result<IndexEntry> {
+/// Rewrites the regular file `path` in place with `data` and `file`'s mode.
+fn overwrite(path: &Path, file: &TreeFile, data: &[u8]) -> Result<IndexEntry> {
     use std::os::unix::fs::PermissionsExt as _;
-    let object = odb.read(file.oid).map_err(git("read blob", file.oid))?;
     let mut out = OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(path)
         .map_err(io("open file", path))?;
-    out.write_all(object.data())
-        .map_err(io("write file", path))?;
+    out.write_all(data).map_err(io("write file", path))?;
     let current = out
         .metadata()
         .map_err(io("stat", path))?
@@ -501,20 +717,29 @@ fn remove_path(root: &Path, rel: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The entries of a tree as an error-free helper for callers that only need
-/// to know whether a tree has submodules.
+/// Whether a tree has submodules.
 pub(crate) fn has_gitlinks(files: &[TreeFile]) -> bool {
     files.iter().any(|f| f.mode == MODE_GITLINK)
 }
 
-/// Checks out `tree` into an empty worktree with libgit2 (the slow, general
-/// path used when attributes or autocrlf could change file contents).
-pub(crate) fn checkout_with_libgit2(worktree: &Repository, tree: Oid) -> Result<()> {
-    let tree = worktree.find_tree(tree).map_err(git("find tree", tree))?;
-    let mut builder = git2::build::CheckoutBuilder::new();
-    builder.force();
-    worktree
-        .checkout_tree(tree.as_object(), Some(&mut builder))
-        .map_err(git("check out tree", tree.id()))?;
-    Ok(())
+/// Initialises the submodules of the new worktree at `root` (whose index is
+/// written) by running `git submodule update --init --recursive` there.
+pub(crate) fn init_submodules(root: &Path) -> Result<()> {
+    let output = std::process::Command::new("git")
+        .args(["submodule", "update", "--init", "--recursive", "--quiet"])
+        .current_dir(root)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(io("run git submodule update in", root))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(Error::Submodules {
+        path: root.to_path_buf(),
+        reason: format!(
+            "git submodule update exited with {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ),
+    })
 }

@@ -158,6 +158,24 @@ pub enum Error {
         #[source]
         source: git2::Error,
     },
+    /// A `required` filter driver failed on a file being checked out.
+    #[error("smudge filter {driver} failed on {path}: {reason}")]
+    Filter {
+        /// The file.
+        path: String,
+        /// The driver (`filter.<driver>.*`).
+        driver: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Initialising the submodules of a new worktree failed.
+    #[error("cannot initialise the submodules of {path}: {reason}")]
+    Submodules {
+        /// The worktree.
+        path: PathBuf,
+        /// What git said.
+        reason: String,
+    },
     /// A file system operation failed.
     #[error("cannot {action} {path}")]
     Io {

@@ -37,10 +37,13 @@
 //! intent record per operation in progress, which [`Worktrees::recover`]
 //! (run by every mutating call) rolls back once its process is gone.
 //!
-//! Submodules are not initialised yet: a request with
-//! [`CreateRequest::submodules`] for a tree that has submodules is refused
-//! with [`Error::Unsupported`]; without it, submodule paths are left empty
-//! as `git worktree add` leaves them.
+//! A checkout is what `git worktree add` makes, byte for byte: files are
+//! converted as git converts them (attributes, end of lines, `ident`,
+//! `working-tree-encoding`, smudge and long-running filter drivers such as
+//! git-lfs), the main worktree's sparse checkout is inherited, and
+//! submodule paths are left empty unless [`CreateRequest::submodules`] asks
+//! for them to be initialised (by `git submodule update --init
+//! --recursive`).
 //!
 //! Crash testing: with `ISOLANE_FAULT=<step>` in the environment the process
 //! kills itself with SIGKILL at that step ([`registry::fault_point`]) (`worktree.after_intent`, `worktree.after_branch`,
@@ -76,11 +79,14 @@
 #![deny(missing_docs)]
 
 mod admin;
+mod attributes;
 mod checkout;
+mod convert;
 mod discover;
 mod error;
 mod names;
 mod snapshot;
+mod sparse;
 mod state;
 mod worktrees;
 

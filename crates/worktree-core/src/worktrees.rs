@@ -1,3 +1,4 @@
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -9,6 +10,7 @@ use crate::checkout;
 use crate::error::{Error, Result, git, io};
 use crate::names::{validate_branch, validate_id, worktree_id};
 use crate::snapshot;
+use crate::sparse::{self, Sparse};
 use crate::state::{FileLock, Intent, StateDir};
 
 /// The git lock reason of worktrees that sit in the pool.
@@ -58,8 +60,9 @@ pub struct CreateRequest {
     pub base: Option<String>,
     /// Detached HEAD at `base` instead of a branch (`branch` must be `None`).
     pub detach: bool,
-    /// Initialise submodules (not supported yet: refused with
-    /// [`Error::Unsupported`] when the tree has submodules).
+    /// Initialise the submodules (recursively, as `git submodule update
+    /// --init --recursive` does, by running it); by default they are left
+    /// uninitialised (empty directories) as `git worktree add` leaves them.
     pub submodules: bool,
     /// Take a clean worktree from the pool when one is there (default true).
     pub use_pool: bool,
@@ -385,28 +388,17 @@ impl Worktrees {
             .find_commit(target.commit)
             .map_err(git("find commit", target.commit))?;
         let tree = commit.tree().map_err(git("read tree of", target.commit))?;
-        let mut files = None;
-        if request.submodules {
-            let all = checkout::tree_files(&tree, target.commit)?;
-            if checkout::has_gitlinks(&all) {
-                return Err(Error::Unsupported {
-                    id,
-                    what: "initialising submodules",
-                });
-            }
-            files = Some(all);
-        }
+        // A pooled worktree's submodules are not re-initialised: a request
+        // for them gets a fresh checkout.
         if request.use_pool
+            && !request.submodules
             && self.pool_size > 0
             && let Some(pooled) = self.pick_pooled(&admins)
         {
             return self.handout(&repo, id, path, target, pooled, id_lock, repo_lock);
         }
 
-        let files = match files {
-            Some(files) => files,
-            None => checkout::tree_files(&tree, target.commit)?,
-        };
+        let files = checkout::tree_files(&tree, target.commit)?;
         let admin_dir = self.free_admin_dir(&id, &admins);
         let intent = Intent::Create {
             id: id.clone(),
@@ -434,18 +426,20 @@ impl Worktrees {
         drop(repo_lock);
         let result = result.and_then(|()| {
             step = "check out the files";
-            let written = if checkout::is_plain(&repo, &files) {
-                let entries = checkout::write_all(&self.common_dir, &path, &files)?;
-                registry::fault_point("worktree.after_files");
-                step = "write the index";
-                checkout::write_index(&admin_dir.join("index"), &entries)?;
-                entries.len()
-            } else {
-                let worktree =
-                    Repository::open(&path).map_err(git("open worktree", path.display()))?;
-                checkout::checkout_with_libgit2(&worktree, tree.id())?;
-                files.len()
-            };
+            let sparse = Sparse::of_main(&self.common_dir);
+            if sparse.is_some() {
+                sparse::copy_settings(&self.common_dir, &admin_dir)?;
+            }
+            let entries =
+                checkout::check_out(&repo, &self.common_dir, &path, &files, sparse.as_ref())?;
+            registry::fault_point("worktree.after_files");
+            step = "write the index";
+            checkout::write_index(&admin_dir.join("index"), &entries)?;
+            let written = entries.len();
+            if request.submodules && checkout::has_gitlinks(&files) {
+                step = "initialise the submodules";
+                checkout::init_submodules(&path)?;
+            }
             registry::fault_point("worktree.after_checkout");
             step = "finish";
             admin::write_sidecar(
@@ -899,8 +893,9 @@ impl Worktrees {
             dirty_files: if prunable {
                 Vec::new()
             } else {
-                dirty_files(&admin.path)
-                    .unwrap_or_else(|error| vec![format!("(cannot read status: {error})")])
+                dirty_files(&admin.path).unwrap_or_else(|error| {
+                    vec![format!("(cannot read status: {})", chain(&error))]
+                })
             },
             unmerged_commits: match head {
                 Some(head) => unique_commits(repo, head, admin.head.branch())
@@ -1435,6 +1430,51 @@ fn resolve_head(repo: &Repository, admin: &Admin) -> Option<Oid> {
     }
 }
 
+/// [`dirty_files`] as the git CLI sees them; `None` when git fails.
+fn git_status(path: &Path) -> Option<Vec<String>> {
+    let output = std::process::Command::new("git")
+        .args([
+            "status",
+            "--porcelain=v1",
+            "-z",
+            "--untracked-files=all",
+            "--ignore-submodules=all",
+        ])
+        .current_dir(path)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    let mut files = Vec::new();
+    let mut fields = output.stdout.split(|&b| b == 0);
+    while let Some(field) = fields.next() {
+        if field.len() < 4 {
+            continue;
+        }
+        files.push(String::from_utf8_lossy(&field[3..]).into_owned());
+        // A rename or copy is followed by its source.
+        if matches!(field[0], b'R' | b'C') {
+            fields.next();
+        }
+    }
+    Some(files)
+}
+
+/// An error with its causes (libgit2's own message included).
+fn chain(error: &Error) -> String {
+    let mut out = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
 /// Changed, staged and untracked (not ignored) files of the worktree at
 /// `path`.
 pub(crate) fn dirty_files(path: &Path) -> Result<Vec<String>> {
@@ -1445,12 +1485,31 @@ pub(crate) fn dirty_files(path: &Path) -> Result<Vec<String>> {
         .recurse_untracked_dirs(true)
         .include_ignored(false)
         .exclude_submodules(true);
-    let statuses = repo
-        .statuses(Some(&mut options))
-        .map_err(git("read status of", path.display()))?;
+    let statuses = match repo.statuses(Some(&mut options)) {
+        Ok(statuses) => statuses,
+        // libgit2 refuses some trees git reads (directories nested more
+        // than 100 deep): ask git, and keep libgit2's word if git fails too.
+        Err(source) => {
+            return git_status(path).ok_or_else(|| Error::Git {
+                action: "read status of",
+                target: path.display().to_string(),
+                source,
+            });
+        }
+    };
+    // libgit2 knows no sparse checkout: a skip-worktree path, absent by
+    // design, is not deleted.
+    let index = repo.index().ok();
+    let skipped = |path: &[u8]| {
+        index
+            .as_ref()
+            .and_then(|index| index.get_path(Path::new(std::ffi::OsStr::from_bytes(path)), 0))
+            .is_some_and(|entry| entry.flags_extended & 0x4000 != 0)
+    };
     Ok(statuses
         .iter()
         .filter(|s| !s.status().is_empty() && !s.status().contains(git2::Status::IGNORED))
+        .filter(|s| s.status() != git2::Status::WT_DELETED || !skipped(s.path_bytes()))
         .map(|s| String::from_utf8_lossy(s.path_bytes()).into_owned())
         .collect())
 }

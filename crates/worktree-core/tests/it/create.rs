@@ -248,7 +248,7 @@ fn attributes_use_the_general_checkout() -> TestResult {
 }
 
 #[test]
-fn submodules_are_refused_when_asked_and_left_empty_otherwise() -> TestResult {
+fn submodules_without_a_url_fail_when_asked_and_are_left_empty_otherwise() -> TestResult {
     let repo = GitRepo::new()?;
     let head = repo.git(["rev-parse", "HEAD"])?.trim().to_owned();
     repo.git([
@@ -261,9 +261,16 @@ fn submodules_are_refused_when_asked_and_left_empty_otherwise() -> TestResult {
     let worktrees = open(&repo)?;
     let mut request = CreateRequest::new("test", "subs");
     request.submodules = true;
+    // A gitlink without a .gitmodules entry cannot be initialised.
     match worktrees.create(&request) {
-        Err(Error::Unsupported { id, .. }) => assert_eq!(id, "test-subs"),
-        other => return Err(format!("expected Unsupported, got {other:?}").into()),
+        Err(Error::CreateFailed { id, source, .. }) => {
+            assert_eq!(id, "test-subs");
+            assert!(
+                matches!(&*source, Error::Submodules { reason, .. } if reason.contains("vendor/lib")),
+                "{source:?}"
+            );
+        }
+        other => return Err(format!("expected a failed create, got {other:?}").into()),
     }
     assert!(!worktrees.path_of("test-subs").exists());
     request.submodules = false;

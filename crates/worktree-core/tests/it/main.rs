@@ -3,6 +3,7 @@
 
 mod crash;
 mod create;
+mod fidelity;
 mod fuzz;
 mod hostile;
 mod lock;
