@@ -21,6 +21,8 @@
 //! - [`Server::template`]: a template built once per distinct setup by
 //!   exactly one process; [`Template::test_database`] clones it into a
 //!   [`TestDatabase`] that is dropped with its handle.
+//!   [`Server::template_with`] builds one by any other means (a migration
+//!   tool's own command, given the new database's URL).
 //! - [`Template::pool`]: a warm pool of pre-created clones on the server,
 //!   shared by every process, so a test gets its database in about a
 //!   millisecond.
@@ -141,6 +143,6 @@ pub use gc::{GcEntry, GcOptions, GcReason, GcReport, TemplateBudget};
 pub use owner::{DatabaseKind, OwnerRecord};
 pub use pool::{Pool, PoolOptions};
 pub use server::{CloneStrategy, Server, ServerOptions, URL_ENV};
-pub use template::{TEMPLATE_FORMAT_VERSION, Template};
+pub use template::{TEMPLATE_FORMAT_VERSION, Template, TemplateOptions};
 pub use testdb::TestDatabase;
 pub use url::redact as redact_url;
