@@ -224,6 +224,18 @@ pub(crate) enum DbCommand {
         /// The worktree id.
         id: String,
     },
+    /// The template worktree databases are cloned from: its key, the input
+    /// files matched and its build time; `--rebuild` builds it again.
+    Template {
+        /// Whose files key it (default: the main worktree).
+        id: Option<String>,
+        /// Drop it and build it again.
+        #[arg(long)]
+        rebuild: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Migrate a database up or down to a version.
     Migrate(MigrateArgs),
     /// Verify that every migration's down undoes its up.

@@ -22,6 +22,80 @@ pub(crate) fn environment(entry: &Entry, database_url: Option<&str>) -> BTreeMap
     env
 }
 
+/// `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE` of `url`, so
+/// `psql`, `createdb`, `dropdb` and libpq programs reach the same database
+/// with no arguments. Empty when the URL cannot be read (never: we build
+/// it).
+pub(crate) fn pg_environment(url: &str) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    let Ok(config) = url.parse::<postgres::Config>() else {
+        return env;
+    };
+    match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(host)) => {
+            env.insert("PGHOST".to_owned(), host.clone());
+        }
+        Some(postgres::config::Host::Unix(dir)) => {
+            env.insert("PGHOST".to_owned(), dir.display().to_string());
+        }
+        None => {}
+    }
+    if let Some(port) = config.get_ports().first() {
+        env.insert("PGPORT".to_owned(), port.to_string());
+    }
+    if let Some(user) = config.get_user() {
+        env.insert("PGUSER".to_owned(), user.to_owned());
+    }
+    if let Some(password) = config.get_password() {
+        env.insert(
+            "PGPASSWORD".to_owned(),
+            String::from_utf8_lossy(password).into_owned(),
+        );
+    }
+    if let Some(database) = config.get_dbname() {
+        env.insert("PGDATABASE".to_owned(), database.to_owned());
+    }
+    env
+}
+
+/// Activates a Python virtual environment for a process started in
+/// `worktree`: its own `.venv/`, else the main worktree's, unless
+/// `[run] venv = false`. Sets `VIRTUAL_ENV` and puts its `bin` first on
+/// `PATH` (the parent's `PATH` after it), as `source .venv/bin/activate`
+/// does.
+pub(crate) fn activate_venv(
+    env: &mut BTreeMap<String, String>,
+    repo: &crate::context::Repo,
+    worktree: &Path,
+) {
+    if !repo.config.run.venv {
+        return;
+    }
+    let Some(venv) = [worktree, repo.root.as_path()]
+        .into_iter()
+        .map(|dir| dir.join(".venv"))
+        .find(|venv| venv.join("bin").is_dir())
+    else {
+        return;
+    };
+    let bin = venv.join("bin");
+    let mut path = bin.into_os_string();
+    if let Some(rest) = env
+        .get("PATH")
+        .map(std::ffi::OsString::from)
+        .or_else(|| std::env::var_os("PATH"))
+        .filter(|p| !p.is_empty())
+    {
+        path.push(":");
+        path.push(rest);
+    }
+    env.insert("PATH".to_owned(), path.to_string_lossy().into_owned());
+    env.insert(
+        "VIRTUAL_ENV".to_owned(),
+        venv.to_string_lossy().into_owned(),
+    );
+}
+
 /// `KEY=VALUE` lines. Values never contain white space or quotes (ports,
 /// ids and URLs we build), so `export $(cat .env.test | xargs)` works.
 pub(crate) fn dotenv(env: &BTreeMap<String, String>) -> String {

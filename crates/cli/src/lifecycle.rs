@@ -136,17 +136,8 @@ fn build(
 
     let database_url = if want_database {
         let server = repo.server()?;
-        let template = match repo.migrations()? {
-            Some(migrations) => {
-                progress(format_args!(
-                    "preparing the template of {} migrations in {}",
-                    migrations.len(),
-                    migrations.dir().display()
-                ));
-                Some(migrations.template(&server)?)
-            }
-            None => None,
-        };
+        // Built from this worktree's own files: its branch's migrations.
+        let template = crate::template::for_worktree(repo, &server, &worktree.path, false)?;
         let short = crate::context::database_stem(id);
         let name = server.database_name(&short)?;
         let owner = repo.owner(id);

@@ -16,6 +16,7 @@ use crate::database_gc::server_gc;
 pub(super) fn run(command: DbCommand) -> Result<ExitCode> {
     match command {
         DbCommand::Reset { id } => reset(&id),
+        DbCommand::Template { id, rebuild, json } => template(id.as_deref(), rebuild, json),
         DbCommand::Migrate(args) => migrate(&args),
         DbCommand::CheckRollback(args) => check_rollback(&args),
         DbCommand::List { orphans, json } => list(orphans, json),
@@ -57,12 +58,111 @@ fn reset(id: &str) -> Result<ExitCode> {
         ))
     })?;
     let server = repo.server()?;
-    let template = repo
-        .migrations()?
-        .map(|m| m.template(&server))
-        .transpose()?;
+    let template = crate::template::for_worktree(&repo, &server, &entry.path, false)?;
     server.reset_database(database, template.as_ref().map(pg_isolate::Template::name))?;
+    if !repo.config.hooks.post_reset.is_empty() {
+        let mut env = repo.environment(&entry)?;
+        crate::envfile::activate_venv(&mut env, &repo, &entry.path);
+        for hook in &repo.config.hooks.post_reset {
+            crate::lifecycle::run_hook(hook, &entry.path, &env)?;
+        }
+    }
     println!("reset {database}");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Serialize)]
+struct TemplateReport {
+    /// `command` or `migrations`.
+    source: &'static str,
+    command: Option<String>,
+    key: String,
+    database: String,
+    /// The input files matched (relative to the worktree), or the
+    /// migrations directory.
+    inputs: Vec<std::path::PathBuf>,
+    /// Whether this call built it.
+    built_now: bool,
+    /// The last recorded build time, in milliseconds.
+    build_ms: Option<u64>,
+    /// When that build finished (seconds since the epoch).
+    built_at: Option<u64>,
+}
+
+fn template(id: Option<&str>, rebuild: bool, json: bool) -> Result<ExitCode> {
+    let repo = Repo::discover()?;
+    let worktree = match id {
+        Some(id) => repo.entry(id)?.path,
+        None => repo.root.clone(),
+    };
+    let server = repo.server()?;
+    let report = if let Some(command) = &repo.config.database.template {
+        let inputs = crate::template::inputs(command, &worktree)?;
+        let built = crate::template::for_worktree(&repo, &server, &worktree, rebuild)?
+            .context("a configured template command gives a template")?;
+        let record = crate::template::build_record(&repo, built.key());
+        TemplateReport {
+            source: "command",
+            command: Some(command.command.clone()),
+            key: built.key().to_owned(),
+            database: built.name().to_owned(),
+            inputs: inputs.files,
+            built_now: built.build_time().is_some(),
+            build_ms: record.as_ref().map(|r| r.build_ms),
+            built_at: record.map(|r| r.built_at),
+        }
+    } else if repo.config.database.migrations.is_some() {
+        if rebuild {
+            return Err(InputError(
+                "--rebuild works for a command-built template ([database.template]); \
+                 a migrations directory's template is rebuilt when its content changes"
+                    .to_owned(),
+            )
+            .into());
+        }
+        let built = crate::template::for_worktree(&repo, &server, &worktree, false)?
+            .context("configured migrations give a template")?;
+        TemplateReport {
+            source: "migrations",
+            command: None,
+            key: built.key().to_owned(),
+            database: built.name().to_owned(),
+            inputs: repo.config.database.migrations.iter().cloned().collect(),
+            built_now: built.build_time().is_some(),
+            build_ms: built
+                .build_time()
+                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            built_at: None,
+        }
+    } else {
+        return Err(InputError(
+            "no template configured: set [database.template] (a command) or \
+             database.migrations in isolane.toml"
+                .to_owned(),
+        )
+        .into());
+    };
+    if json {
+        print_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("template  {}", report.database);
+    println!("key       {}", report.key);
+    if let Some(command) = &report.command {
+        println!("command   {command}");
+    }
+    println!("inputs    {} file(s)", report.inputs.len());
+    for input in &report.inputs {
+        println!("  {}", input.display());
+    }
+    match report.build_ms {
+        Some(ms) => println!(
+            "built     in {:.1} s{}",
+            ms as f64 / 1000.0,
+            if report.built_now { " (now)" } else { "" }
+        ),
+        None => println!("built     (by another process or before; no build time recorded)"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -9,6 +9,7 @@ mod processes;
 mod safety;
 mod soak;
 mod storage;
+mod templates;
 mod users;
 mod workflow;
 

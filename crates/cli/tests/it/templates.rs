@@ -1,0 +1,199 @@
+//! Templates built by the project's own command (`[database.template]`):
+//! keyed by the command and its inputs in the worktree being created, built
+//! once, cloned by `create` and `db reset`, and leaving nothing when the
+//! command fails. The "migration tool" here is a shell script with `psql`,
+//! driven only by the `PG*` variables isolane gives it.
+
+use std::path::{Path, PathBuf};
+
+use test_support::TestResult;
+
+use crate::{database_names, json, ok, output, repo_with_config};
+
+/// `build.sh` applies `schema/*.sql` with psql and counts its runs in a
+/// file outside the repository.
+fn config(counter: &Path) -> String {
+    format!(
+        r#"
+[database.template]
+command = "sh build.sh {}"
+inputs = ["schema/*.sql", "build.sh"]
+
+[hooks]
+post_reset = ["echo reset > reset.txt"]
+"#,
+        counter.display()
+    )
+}
+
+const BUILD: &str = r#"set -e
+echo "building $PGDATABASE"
+test -n "$DATABASE_URL"
+for f in schema/*.sql; do psql -X -q -v ON_ERROR_STOP=1 -f "$f"; done
+echo run >> "$1"
+"#;
+
+fn runs(counter: &Path) -> usize {
+    std::fs::read_to_string(counter).map_or(0, |t| t.lines().count())
+}
+
+/// Worktree `id`'s database URL, with its password.
+fn url_of(root: &Path, id: &str) -> TestResult<String> {
+    ok(root, &["env", id])?
+        .lines()
+        .find_map(|l| l.strip_prefix("DATABASE_URL="))
+        .map(str::to_owned)
+        .ok_or_else(|| format!("no DATABASE_URL for {id}").into())
+}
+
+fn query_i64(url: &str, sql: &str) -> TestResult<i64> {
+    let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+    Ok(client.query_one(sql, &[])?.get(0))
+}
+
+#[test]
+fn a_command_builds_the_template_once_per_input_content() -> TestResult {
+    let scratch = tempfile::tempdir()?;
+    let counter = scratch.path().join("runs");
+    let repo = repo_with_config(&config(&counter))?;
+    let root = repo.path();
+    repo.write(".gitignore", "reset.txt\n")?;
+    repo.write("build.sh", BUILD)?;
+    repo.write(
+        "schema/001_users.sql",
+        "CREATE TABLE users (id serial PRIMARY KEY, name text);\n\
+         INSERT INTO users (name) VALUES ('seed');\n",
+    )?;
+    repo.commit_all("schema")?;
+    repo.branch("feature/email")?;
+
+    let a = json(
+        root,
+        &["create", "--purpose", "test-tpl", "--identifier", "a"],
+    )?;
+    let url_a = url_of(root, a["id"].as_str().ok_or("no id")?)?;
+    assert_eq!(query_i64(&url_a, "SELECT count(*) FROM users")?, 1);
+    assert_eq!(runs(&counter), 1);
+
+    // Same inputs: the template is reused, and a reset clones it.
+    let b = json(
+        root,
+        &["create", "--purpose", "test-tpl", "--identifier", "b"],
+    )?;
+    assert_eq!(runs(&counter), 1);
+    let url_b = url_of(root, "test-tpl-b")?;
+    postgres::Client::connect(&url_b, postgres::NoTls)?
+        .batch_execute("INSERT INTO users (name) VALUES ('test data')")?;
+    assert_eq!(query_i64(&url_b, "SELECT count(*) FROM users")?, 2);
+    ok(root, &["db", "reset", "test-tpl-b"])?;
+    assert_eq!(query_i64(&url_b, "SELECT count(*) FROM users")?, 1);
+    assert_eq!(runs(&counter), 1);
+    let b_path = PathBuf::from(b["path"].as_str().ok_or("no path")?);
+    assert_eq!(
+        std::fs::read_to_string(b_path.join("reset.txt"))?,
+        "reset\n"
+    );
+
+    // The branch's own migrations key its template: a changed input file
+    // in the worktree being created builds a new one.
+    repo.git(["checkout", "-q", "feature/email"])?;
+    repo.write(
+        "schema/002_email.sql",
+        "ALTER TABLE users ADD COLUMN email text;\n",
+    )?;
+    repo.commit_all("email")?;
+    repo.git(["checkout", "-q", "-"])?;
+    let c = json(
+        root,
+        &[
+            "create",
+            "--purpose",
+            "test-tpl",
+            "--identifier",
+            "c",
+            "--branch",
+            "feature/email",
+        ],
+    )?;
+    assert_eq!(runs(&counter), 2);
+    assert_eq!(c["id"], "test-tpl-c");
+    let url_c = url_of(root, "test-tpl-c")?;
+    assert_eq!(
+        query_i64(
+            &url_c,
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'email'"
+        )?,
+        1
+    );
+
+    // `db template` shows the key and inputs, and rebuilds on request.
+    let shown = json(root, &["db", "template", "test-tpl-c"])?;
+    assert_eq!(shown["source"], "command");
+    let inputs: Vec<&str> = shown["inputs"]
+        .as_array()
+        .ok_or("inputs")?
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(
+        inputs,
+        ["build.sh", "schema/001_users.sql", "schema/002_email.sql"]
+    );
+    assert_eq!(shown["built_now"], false);
+    assert!(shown["build_ms"].as_u64().is_some());
+    let rebuilt = json(root, &["db", "template", "test-tpl-c", "--rebuild"])?;
+    assert_eq!(rebuilt["key"], shown["key"]);
+    assert_eq!(rebuilt["built_now"], true);
+    assert_eq!(runs(&counter), 3);
+
+    for id in ["test-tpl-a", "test-tpl-b", "test-tpl-c"] {
+        ok(root, &["remove", id, "--force"])?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_failing_template_command_fails_the_create_with_its_code_and_leaves_nothing() -> TestResult {
+    let repo = repo_with_config(
+        r#"
+[database.template]
+command = "echo applying 0001; echo 'boom: relation missing' >&2; exit 7"
+inputs = []
+"#,
+    )?;
+    let root = repo.path();
+    let out = output(
+        root,
+        &["create", "--purpose", "test-tplfail", "--identifier", "x"],
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(stderr.contains("boom: relation missing"), "{stderr}");
+    assert!(stderr.contains("exit status: 7"), "{stderr}");
+    let template = stderr
+        .split("setting up template ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .ok_or(format!("no template named in: {stderr}"))?;
+    let names = database_names(root)?;
+    assert!(!names.iter().any(|n| n == template), "{names:?}");
+    assert!(!names.iter().any(|n| n.contains("tplfail")), "{names:?}");
+    assert!(!root.join("worktrees/test-tplfail-x").exists());
+    assert_eq!(json(root, &["list"])?.as_array().map(Vec::len), Some(0));
+    Ok(())
+}
+
+#[test]
+fn migrations_and_a_template_command_together_are_refused() -> TestResult {
+    let repo = repo_with_config(
+        "[database]\nmigrations = \"migrations\"\n[database.template]\ncommand = \"true\"\n",
+    )?;
+    let out = output(repo.path(), &["list"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("database.migrations") && stderr.contains("database.template"),
+        "{stderr}"
+    );
+    Ok(())
+}
