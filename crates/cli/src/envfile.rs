@@ -17,6 +17,7 @@ pub(crate) fn environment(entry: &Entry, database_url: Option<&str>) -> BTreeMap
         .collect();
     if let Some(url) = database_url {
         env.insert("DATABASE_URL".to_owned(), url.to_owned());
+        env.extend(pg_environment(url));
     }
     env.insert("ISOLANE_WORKTREE".to_owned(), entry.id.clone());
     env
@@ -132,7 +133,7 @@ impl<'a> Metadata<'a> {
             identifier: &entry.identifier,
             branch: entry.branch.as_deref(),
             path: &entry.path,
-            created: rfc3339(entry.created),
+            created: iso_offset(entry.created),
             ports: &entry.ports,
             database: entry.database.as_deref(),
             database_url,
@@ -146,6 +147,17 @@ pub(crate) fn rfc3339(seconds: u64) -> String {
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds),
     )
     .to_string()
+}
+
+/// Seconds since the epoch as an ISO 8601 UTC timestamp with an explicit
+/// `+00:00` offset, which Python's `datetime.fromisoformat` reads from 3.7
+/// on (a `Z` only from 3.11).
+pub(crate) fn iso_offset(seconds: u64) -> String {
+    let text = rfc3339(seconds);
+    match text.strip_suffix('Z') {
+        Some(base) => format!("{base}+00:00"),
+        None => text,
+    }
 }
 
 /// The files' permissions: owner only, as they always were (the database
@@ -182,5 +194,17 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso_offset(86_400), "1970-01-02T00:00:00+00:00");
+    }
+
+    #[test]
+    fn pg_variables_name_the_database_of_the_url() {
+        let env = pg_environment("postgresql://postgres:s3cret@127.0.0.1:17001/testdb_a");
+        let get = |k: &str| env.get(k).map(String::as_str);
+        assert_eq!(get("PGHOST"), Some("127.0.0.1"));
+        assert_eq!(get("PGPORT"), Some("17001"));
+        assert_eq!(get("PGUSER"), Some("postgres"));
+        assert_eq!(get("PGPASSWORD"), Some("s3cret"));
+        assert_eq!(get("PGDATABASE"), Some("testdb_a"));
     }
 }
