@@ -138,8 +138,7 @@ fn build(
         let server = repo.server()?;
         // Built from this worktree's own files: its branch's migrations.
         let template = crate::template::for_worktree(repo, &server, &worktree.path, false)?;
-        let short = crate::context::database_stem(id);
-        let name = server.database_name(&short)?;
+        let name = crate::worktree_db::name(&server, id)?;
         let owner = repo.owner(id);
         let options = pg_isolate::CreateOptions {
             template: template.as_ref().map(pg_isolate::Template::name),
@@ -328,6 +327,8 @@ pub(crate) struct TornDown {
     pub(crate) worktree_removed: bool,
     pub(crate) branch_deleted: Option<String>,
     pub(crate) database_dropped: Option<String>,
+    /// Databases a test runner derived from it (`test_<name>...`), dropped.
+    pub(crate) derived_dropped: Vec<String>,
     pub(crate) ports_released: Vec<u16>,
 }
 
@@ -425,10 +426,26 @@ pub(crate) fn teardown(repo: &Repo, entry: &Entry, how: Teardown) -> Result<Torn
                 progress(format_args!("dropped database {database}"));
                 done.database_dropped = Some(database.clone());
             }
+            // The worktree's exact name without any record: the user's own
+            // dropdb + createdb replaced it.
+            Some(info)
+                if info.owner.is_none()
+                    && repo.is_worktree_database_name(&server, id, database) =>
+            {
+                crate::worktree_db::drop_unrecorded(&server, database)?;
+                progress(format_args!(
+                    "dropped database {database} (replaced by hand)"
+                ));
+                done.database_dropped = Some(database.clone());
+            }
             Some(_) => progress(format_args!(
                 "leaving database {database} alone: its owner record does not name {id} of this repository"
             )),
         }
+    }
+    if let Some(database) = &entry.database {
+        let server = repo.server()?;
+        done.derived_dropped = crate::worktree_db::drop_derived(&server, database)?;
     }
     registry::fault_point("remove.after_database");
 

@@ -27,6 +27,7 @@ mod services;
 mod state;
 mod stats;
 mod template;
+mod worktree_db;
 
 use std::process::ExitCode;
 

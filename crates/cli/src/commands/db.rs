@@ -59,7 +59,33 @@ fn reset(id: &str) -> Result<ExitCode> {
     })?;
     let server = repo.server()?;
     let template = crate::template::for_worktree(&repo, &server, &entry.path, false)?;
-    server.reset_database(database, template.as_ref().map(pg_isolate::Template::name))?;
+    let template_name = template.as_ref().map(pg_isolate::Template::name);
+    let replaced_by_hand = server
+        .list_databases()?
+        .into_iter()
+        .any(|d| d.name == database && d.owner.is_none())
+        && repo.is_worktree_database_name(&server, id, database);
+    if replaced_by_hand {
+        // The user's own dropdb + createdb: still the worktree's database
+        // (its exact name, the registry's entry), replaced by a fresh one
+        // that carries isolane's record again.
+        progress(format_args!(
+            "{database} carries no owner record (replaced by hand); replacing it"
+        ));
+        crate::worktree_db::drop_unrecorded(&server, database)?;
+        let owner = repo.owner(id);
+        server.create_database(
+            database,
+            pg_isolate::CreateOptions {
+                template: template_name,
+                label: Some(&owner),
+                owner_path: Some(&repo.common_dir),
+                ..pg_isolate::CreateOptions::default()
+            },
+        )?;
+    } else {
+        server.reset_database(database, template_name)?;
+    }
     if !repo.config.hooks.post_reset.is_empty() {
         let mut env = repo.environment(&entry)?;
         crate::envfile::activate_venv(&mut env, &repo, &entry.path);
@@ -347,8 +373,41 @@ fn ours(
     cleanup: Cleanup,
 ) -> Result<(pg_isolate::Server, Vec<DatabaseRow>)> {
     let server = open_server(config, None, cleanup)?;
-    let rows = server
-        .list_databases()?
+    let all = server.list_databases()?;
+    let names: Vec<&str> = all.iter().map(|d| d.name.as_str()).collect();
+    // What test runners derived from a worktree's database, and a worktree
+    // database replaced by hand: no owner record, listed under the worktree.
+    let mut extra = Vec::new();
+    if let Some(repo) = repo {
+        for entry in repo.registry.read()?.entries.into_values() {
+            let Some(base) = entry.database else { continue };
+            if all.iter().any(|d| {
+                d.name == base
+                    && d.owner.is_none()
+                    && repo.is_worktree_database_name(&server, &entry.id, &base)
+            }) {
+                extra.push(DatabaseRow {
+                    name: base.clone(),
+                    kind: "replaced-by-hand".to_owned(),
+                    label: None,
+                    worktree: Some(entry.id.clone()),
+                    created: 0,
+                    is_template: false,
+                });
+            }
+            for name in crate::worktree_db::derived(&base, &names) {
+                extra.push(DatabaseRow {
+                    name: name.to_owned(),
+                    kind: "derived".to_owned(),
+                    label: None,
+                    worktree: Some(entry.id.clone()),
+                    created: 0,
+                    is_template: false,
+                });
+            }
+        }
+    }
+    let mut rows: Vec<DatabaseRow> = all
         .into_iter()
         .filter_map(|db| {
             let worktree = repo
@@ -365,6 +424,8 @@ fn ours(
             })
         })
         .collect();
+    rows.extend(extra);
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
     Ok((server, rows))
 }
 
@@ -419,10 +480,14 @@ fn clean(prefix: Option<&str>, dry_run: bool) -> Result<ExitCode> {
         .filter_map(|e| e.database)
         .collect();
     let mut count = 0;
-    for row in rows
-        .iter()
-        .filter(|r| r.worktree.is_some() && r.name.starts_with(prefix) && !in_use.contains(&r.name))
-    {
+    for row in rows.iter().filter(|r| {
+        r.worktree.is_some()
+                && r.name.starts_with(prefix)
+                && !in_use.contains(&r.name)
+                // Not pg-isolate's to drop: `remove` takes them with the worktree.
+                && r.kind != "derived"
+                && r.kind != "replaced-by-hand"
+    }) {
         if dry_run {
             println!("would drop {}", row.name);
         } else {

@@ -5,6 +5,7 @@ mod bad_input;
 mod compare;
 mod concurrency;
 mod crashes;
+mod derived;
 mod processes;
 mod safety;
 mod soak;

@@ -422,10 +422,23 @@ fn databases_of_a_deleted_repository_are_reclaimed_or_taken_over() -> TestResult
 fn gc_dry_run_says_would_remove_and_removes_nothing() -> TestResult {
     let repo = repo_with_config("[database]\nenabled = false\n")?;
     let root = repo.path();
-    ok(root, &["create", "--purpose", "test-dry", "--identifier", "one", "--no-db"])?;
+    ok(
+        root,
+        &[
+            "create",
+            "--purpose",
+            "test-dry",
+            "--identifier",
+            "one",
+            "--no-db",
+        ],
+    )?;
     let said = ok(root, &["gc", "--max-age", "0s", "--dry-run"])?;
     assert!(said.contains("would remove: test-dry-one"), "{said}");
-    assert!(said.contains("gc: 1 would remove, 0 would finish"), "{said}");
+    assert!(
+        said.contains("gc: 1 would remove, 0 would finish"),
+        "{said}"
+    );
     assert!(!said.contains(" removed"), "{said}");
     assert!(root.join("worktrees/test-dry-one").is_dir());
     ok(root, &["remove", "test-dry-one"])?;
