@@ -225,10 +225,12 @@ pub(crate) fn open_ready(repo: &Repo, id: &str) -> Result<(Entry, BTreeMap<Strin
         ))
         .into());
     }
-    let env = repo.environment(&entry)?;
+    let mut env = repo.environment(&entry)?;
     // The database URL can change (a restarted server): refresh the files
     // test code reads before it runs.
     write_files(repo, &entry, env.get("DATABASE_URL").map(String::as_str))?;
+    // After the files: PATH and VIRTUAL_ENV are this host's, not the tests'.
+    envfile::activate_venv(&mut env, repo, &entry.path);
     Ok((entry, env))
 }
 

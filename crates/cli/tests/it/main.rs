@@ -6,6 +6,7 @@ mod compare;
 mod concurrency;
 mod crashes;
 mod derived;
+mod django;
 mod processes;
 mod safety;
 mod soak;
