@@ -23,6 +23,9 @@
 //!   [`TestDatabase`] that is dropped with its handle.
 //!   [`Server::template_with`] builds one by any other means (a migration
 //!   tool's own command, given the new database's URL).
+//! - [`TestDatabase::hand_over`]: a test database leased to another
+//!   process (one a command-line tool serves), reclaimed by [`Server::gc`]
+//!   once that process is gone.
 //! - [`Template::pool`]: a warm pool of pre-created clones on the server,
 //!   shared by every process, so a test gets its database in about a
 //!   millisecond.
@@ -128,6 +131,7 @@ mod databases;
 mod embedded;
 mod error;
 mod gc;
+mod lease;
 mod names;
 mod owner;
 mod pool;
