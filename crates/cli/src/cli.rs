@@ -236,6 +236,28 @@ pub(crate) enum DbCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A private database cloned from worktree ID's template (from the warm
+    /// pool when a clone is ready), leased to the calling process: prints
+    /// its URL; `db release NAME` drops it, and gc does once that process
+    /// is gone.
+    Lease {
+        /// The worktree whose template to clone.
+        id: String,
+        /// The process holding the lease (default: the one that runs isolane).
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// (internal) Fill the warm pool of ID's template and exit.
+        #[arg(long, hide = true)]
+        refill: bool,
+    },
+    /// Drop a database `db lease` handed out.
+    Release {
+        /// The leased database's name.
+        name: String,
+    },
     /// Migrate a database up or down to a version.
     Migrate(MigrateArgs),
     /// Verify that every migration's down undoes its up.

@@ -104,6 +104,8 @@ pub(crate) struct Database {
     pub(crate) template_budget_mb: u64,
     /// `[database.template]`: a template built by the project's own command.
     pub(crate) template: Option<TemplateCommand>,
+    /// Ready clones kept per template for `isolane db lease` (0: none).
+    pub(crate) lease_pool: usize,
 }
 
 /// `[database.template]`: the template is whatever `command` leaves in the
@@ -144,6 +146,7 @@ impl Default for Database {
             template_budget: pg_isolate::TemplateBudget::default().max_templates,
             template_budget_mb: pg_isolate::TemplateBudget::default().max_bytes >> 20,
             template: None,
+            lease_pool: 2,
         }
     }
 }
@@ -576,6 +579,8 @@ format = "auto"                                    # auto | diesel | sqlx
 # recently used, within both limits; gc drops the others.
 template_budget = 8
 template_budget_mb = 4096
+# Ready clones of a worktree's template kept for `isolane db lease`.
+lease_pool = 2
 
 # [[services]]
 # name = "app"

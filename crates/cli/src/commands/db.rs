@@ -17,6 +17,13 @@ pub(super) fn run(command: DbCommand) -> Result<ExitCode> {
     match command {
         DbCommand::Reset { id } => reset(&id),
         DbCommand::Template { id, rebuild, json } => template(id.as_deref(), rebuild, json),
+        DbCommand::Lease {
+            id,
+            pid,
+            json,
+            refill,
+        } => lease(&id, pid, json, refill),
+        DbCommand::Release { name } => release(&name),
         DbCommand::Migrate(args) => migrate(&args),
         DbCommand::CheckRollback(args) => check_rollback(&args),
         DbCommand::List { orphans, json } => list(orphans, json),
@@ -189,6 +196,99 @@ fn template(id: Option<&str>, rebuild: bool, json: bool) -> Result<ExitCode> {
         ),
         None => println!("built     (by another process or before; no build time recorded)"),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The key material of the template of a worktree without one configured:
+/// an empty database.
+const EMPTY_TEMPLATE: &[u8] = b"isolane empty database";
+
+fn lease(id: &str, pid: Option<u32>, json: bool, refill: bool) -> Result<ExitCode> {
+    let repo = Repo::discover()?;
+    let entry = repo.entry(id)?;
+    let server = repo.server()?;
+    let template = match crate::template::for_worktree(&repo, &server, &entry.path, false)? {
+        Some(template) => template,
+        None => server.template(EMPTY_TEMPLATE, |_| Ok(()))?,
+    };
+    let size = repo.config.database.lease_pool;
+    if refill {
+        let pool = template.pool(pg_isolate::PoolOptions {
+            size,
+            ..pg_isolate::PoolOptions::default()
+        })?;
+        pool.wait_filled(std::time::Duration::from_secs(120))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let holder = match pid {
+        Some(pid) => pid,
+        None => nix::unistd::getppid().as_raw().try_into()?,
+    };
+    let holder = registry::ProcessIdentity::of_pid(holder)
+        .ok_or_else(|| InputError(format!("--pid {holder}: no such process")))?;
+    // Claims a ready clone if there is one (no filler of its own: this
+    // process is about to exit), else clones the template on the spot.
+    let pool = template.pool(pg_isolate::PoolOptions {
+        size: 0,
+        ..pg_isolate::PoolOptions::default()
+    })?;
+    let claimed = pool.test_database();
+    drop(pool);
+    let name = claimed?.hand_over(holder)?;
+    let url = server.url(&name);
+    if size > 0 {
+        spawn_refill(id);
+    }
+    if json {
+        print_json(&serde_json::json!({
+            "name": name,
+            "url": url,
+            "template": template.name(),
+            "holder": holder.pid,
+        }))?;
+    } else {
+        println!("{url}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Tops the warm pool up in a detached process of its own, so the next
+/// lease finds a ready clone and this one returns at once. Best effort: a
+/// refill that fails or is killed leaves at most a half-made clone, which
+/// pg-isolate's cleanup drops.
+fn spawn_refill(id: &str) {
+    use std::os::unix::process::CommandExt as _;
+    let spawned = std::env::current_exe().and_then(|exe| {
+        std::process::Command::new(exe)
+            .args(["db", "lease", id, "--refill"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+    });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "cannot start the lease pool refill");
+    }
+}
+
+fn release(name: &str) -> Result<ExitCode> {
+    let repo = repo_if_any();
+    let config = repo.as_ref().map(|r| r.config.clone()).unwrap_or_default();
+    let server = open_server(&config, None, Cleanup::Automatic)?;
+    let info = server
+        .list_databases()?
+        .into_iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| InputError(format!("no database {name:?} on the server")))?;
+    if info.owner.as_ref().map(|o| o.kind) != Some(pg_isolate::DatabaseKind::Test) {
+        return Err(InputError(format!(
+            "{name} is not a database `isolane db lease` handed out; refusing to drop it"
+        ))
+        .into());
+    }
+    server.drop_database(name)?;
+    println!("released {name}");
     Ok(ExitCode::SUCCESS)
 }
 

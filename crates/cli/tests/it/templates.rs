@@ -197,3 +197,51 @@ fn migrations_and_a_template_command_together_are_refused() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn leases_are_private_clones_of_the_template_reclaimed_after_their_holder() -> TestResult {
+    let scratch = tempfile::tempdir()?;
+    let counter = scratch.path().join("runs");
+    let repo = repo_with_config(&config(&counter))?;
+    let root = repo.path();
+    repo.write("build.sh", BUILD)?;
+    repo.write(
+        "schema/001_users.sql",
+        "CREATE TABLE users (id serial PRIMARY KEY, name text);\n\
+         INSERT INTO users (name) VALUES ('seed');\n",
+    )?;
+    repo.commit_all("schema")?;
+    ok(
+        root,
+        &["create", "--purpose", "test-lease", "--identifier", "a"],
+    )?;
+
+    let mut holder = std::process::Command::new("sleep").arg("600").spawn()?;
+    let pid = holder.id().to_string();
+    let first = json(root, &["db", "lease", "test-lease-a", "--pid", &pid])?;
+    let second = json(root, &["db", "lease", "test-lease-a", "--pid", &pid])?;
+    assert_ne!(first["name"], second["name"]);
+    let url = first["url"].as_str().ok_or("no url")?;
+    postgres::Client::connect(url, postgres::NoTls)?
+        .batch_execute("INSERT INTO users (name) VALUES ('only in the first')")?;
+    assert_eq!(query_i64(url, "SELECT count(*) FROM users")?, 2);
+    let other = second["url"].as_str().ok_or("no url")?;
+    assert_eq!(query_i64(other, "SELECT count(*) FROM users")?, 1);
+    assert_eq!(runs(&counter), 1);
+
+    let name = first["name"].as_str().ok_or("no name")?;
+    ok(root, &["db", "release", name])?;
+    assert!(!database_names(root)?.iter().any(|n| n == name));
+    // Only leases: the worktree's own database is refused.
+    let refused = output(root, &["db", "release", "testdb_test_lease_a"])?;
+    assert_eq!(refused.status.code(), Some(2));
+
+    // The holder killed: the next gc reclaims its lease.
+    holder.kill()?;
+    holder.wait()?;
+    let name = second["name"].as_str().ok_or("no name")?;
+    ok(root, &["db", "gc"])?;
+    assert!(!database_names(root)?.iter().any(|n| n == name));
+    ok(root, &["remove", "test-lease-a", "--force"])?;
+    Ok(())
+}
