@@ -13,7 +13,7 @@ use crate::{BenchResult, Config, Report, Row, Samples, interleaved, ms, ratio};
 /// run. A bench cannot depend on another package's binary, and `cargo
 /// bench` holds the lock of its own target dir while benches run, so the
 /// binary is built in a target dir of its own: `target/bench-bin`.
-fn isolane_binary(config: &Config) -> BenchResult<PathBuf> {
+pub(crate) fn isolane_binary(config: &Config) -> BenchResult<PathBuf> {
     let target = config
         .scratch
         .parent()
@@ -39,7 +39,7 @@ fn isolane_binary(config: &Config) -> BenchResult<PathBuf> {
     Ok(binary)
 }
 
-fn run_ok(command: &mut Command) -> BenchResult {
+pub(crate) fn run_ok(command: &mut Command) -> BenchResult {
     let output = command.output()?;
     if !output.status.success() {
         return Err(format!(
