@@ -8,67 +8,10 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::cli::{isolane_binary, run_ok};
+use crate::cli::{isolane_binary, isolane_in, run_ok};
 use crate::{BenchResult, Config, Report, Row, Samples, interleaved, ms, ratio, time};
 
 const PACKAGES: &[&str] = &["django>=5.2,<6", "psycopg[binary]"];
-
-fn copy_tree(from: &Path, to: &Path) -> BenchResult {
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name == "__pycache__" || name == ".venv" || name == ".pytest_cache" {
-            continue;
-        }
-        let target = to.join(&name);
-        if entry.file_type()?.is_dir() {
-            std::fs::create_dir_all(&target)?;
-            copy_tree(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
-}
-
-/// A virtualenv with Django and psycopg, or an error saying why not.
-fn django_venv(venv: &Path, cache: &Path) -> BenchResult {
-    let made = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(venv)
-        .output();
-    match made {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => {
-            return Err(format!(
-                "the django benchmark needs python3 with venv (apt-get install python3-venv): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )
-            .into());
-        }
-        Err(error) => {
-            return Err(format!("the django benchmark needs python3 on PATH: {error}").into());
-        }
-    }
-    let out = Command::new(venv.join("bin/pip"))
-        .args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--prefer-binary",
-        ])
-        .args(PACKAGES)
-        .env("PIP_CACHE_DIR", cache)
-        .output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "the django benchmark cannot install {PACKAGES:?} from PyPI: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
-        .into());
-    }
-    Ok(())
-}
 
 /// Runs the group.
 pub fn run(config: &Config, report: &mut Report) -> BenchResult {
@@ -76,37 +19,17 @@ pub fn run(config: &Config, report: &mut Report) -> BenchResult {
     let scratch = tempfile::tempdir_in(&config.scratch)?;
     let repo = scratch.path().join("shop");
     std::fs::create_dir_all(&repo)?;
-    copy_tree(
+    test_support::python::copy_tree(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/django"),
         &repo,
     )?;
     test_support::git(&repo, ["init", "-q", "-b", "main"])?;
     test_support::git(&repo, ["add", "-A"])?;
-    test_support::git(
-        &repo,
-        [
-            "-c",
-            "user.name=bench",
-            "-c",
-            "user.email=bench@example.com",
-            "commit",
-            "-q",
-            "-m",
-            "shop",
-        ],
-    )?;
+    test_support::git(&repo, ["commit", "-q", "-m", "shop"])?;
     let venv = repo.join(".venv");
-    django_venv(&venv, &config.scratch.join("pip-cache"))?;
-    let state = scratch.path().join("state");
-    let isolane = |args: &[&str]| {
-        let mut command = Command::new(&binary);
-        command
-            .args(args)
-            .current_dir(&repo)
-            .env("ISOLANE_STATE_DIR", &state)
-            .env("ISOLANE_PORT_CLAIMS_DIR", scratch.path().join("claims"));
-        command
-    };
+    test_support::python::venv(&venv, PACKAGES, &config.scratch.join("pip-cache"))
+        .map_err(|e| format!("the django benchmark needs Django: {e}"))?;
+    let isolane = isolane_in(&binary, &repo, scratch.path());
     // The first create builds the template (Django's migrate, once).
     run_ok(&mut isolane(&[
         "create",

@@ -3,43 +3,15 @@
 //! made by the test) driven end to end.
 
 use std::path::Path;
-use std::process::Command;
 
 use test_support::TestResult;
 
-use crate::{ok, repo_with_config};
+use crate::{ok, repo_with_config, url_of};
 
-/// The `python3` the tests use, or a clear failure: these tests never skip.
-pub(crate) fn python3() -> TestResult<String> {
-    let found = Command::new("python3")
-        .args(["-c", "import sys, venv; print(sys.executable)"])
-        .output();
-    match found {
-        Ok(out) if out.status.success() => Ok(String::from_utf8(out.stdout)?.trim().to_owned()),
-        _ => Err(
-            "python3 with the venv module is required by the Python/Django tests \
-                  (Debian: apt-get install python3 python3-venv; `.ci/run` installs them)"
-                .into(),
-        ),
-    }
-}
-
-fn make_venv(dir: &Path, with_pip: bool) -> TestResult {
-    let mut command = Command::new(python3()?);
-    command.args(["-m", "venv"]);
-    if !with_pip {
-        command.arg("--without-pip");
-    }
-    let out = command.arg(dir).output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "python3 -m venv {} failed: {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    Ok(())
+/// The pip cache of the suite, in the build directory (like its cluster):
+/// only a machine's first run downloads from PyPI.
+fn pip_cache() -> std::path::PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("pip-cache")
 }
 
 #[test]
@@ -48,7 +20,7 @@ fn run_activates_the_main_worktrees_venv_unless_turned_off() -> TestResult {
     let root = repo.path();
     repo.write(".gitignore", ".venv/\n")?;
     repo.commit_all("ignore the venv")?;
-    make_venv(&root.join(".venv"), false)?;
+    test_support::python::venv(&root.join(".venv"), &[], &pip_cache())?;
     ok(
         root,
         &[
@@ -74,7 +46,7 @@ fn run_activates_the_main_worktrees_venv_unless_turned_off() -> TestResult {
 
     // The worktree's own .venv wins over the main worktree's.
     let own = root.join("worktrees/test-venv-a/.venv");
-    make_venv(&own, false)?;
+    test_support::python::venv(&own, &[], &pip_cache())?;
     let said = ok(
         root,
         &["run", "test-venv-a", "--", "sh", "-c", "echo $VIRTUAL_ENV"],
@@ -107,24 +79,6 @@ fn example_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/django")
 }
 
-fn copy_tree(from: &Path, to: &Path) -> TestResult {
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name == "__pycache__" || name == ".venv" || name == ".pytest_cache" {
-            continue;
-        }
-        let target = to.join(&name);
-        if entry.file_type()?.is_dir() {
-            std::fs::create_dir_all(&target)?;
-            copy_tree(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
-}
-
 /// The pip packages of the Django test.
 const PACKAGES: &[&str] = &[
     "django>=5.2,<6",
@@ -132,32 +86,6 @@ const PACKAGES: &[&str] = &[
     "pytest-xdist",
     "psycopg[binary]",
 ];
-
-/// A virtualenv with Django, pytest-django, pytest-xdist and psycopg at
-/// `venv`. Downloads are cached in the build directory (like the suite's
-/// cluster), so only the first run on a machine fetches from PyPI.
-fn django_venv(venv: &Path) -> TestResult {
-    make_venv(venv, true)?;
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pip-cache");
-    let out = Command::new(venv.join("bin/pip"))
-        .args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--prefer-binary",
-        ])
-        .args(PACKAGES)
-        .env("PIP_CACHE_DIR", &cache)
-        .output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "pip install {PACKAGES:?} failed (PyPI unreachable?); the Django test needs them:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    Ok(())
-}
 
 /// Runs isolane, requires success, returns (stdout, stderr).
 fn ok_both(root: &Path, args: &[&str]) -> TestResult<(String, String)> {
@@ -179,14 +107,6 @@ fn ok_both(root: &Path, args: &[&str]) -> TestResult<(String, String)> {
     Ok((stdout, stderr))
 }
 
-fn url_of(root: &Path, id: &str) -> TestResult<String> {
-    ok(root, &["env", id])?
-        .lines()
-        .find_map(|l| l.strip_prefix("DATABASE_URL="))
-        .map(str::to_owned)
-        .ok_or_else(|| format!("no DATABASE_URL for {id}").into())
-}
-
 fn count(url: &str, sql: &str) -> TestResult<i64> {
     let mut client = postgres::Client::connect(url, postgres::NoTls)?;
     Ok(client.query_one(sql, &[])?.get(0))
@@ -198,7 +118,7 @@ const APPLIED: &str = "SELECT count(*) FROM django_migrations WHERE app = 'catal
 fn a_real_django_project_with_pytest_django_and_xdist() -> TestResult {
     let repo = test_support::GitRepo::new()?;
     let root = repo.path();
-    copy_tree(&example_dir(), root)?;
+    test_support::python::copy_tree(&example_dir(), root)?;
     // Templates are host-wide: a comment of this run's own keeps an earlier
     // run's template (same migrations) from being found.
     let run = format!(
@@ -211,7 +131,7 @@ fn a_real_django_project_with_pytest_django_and_xdist() -> TestResult {
     text.push_str(&run);
     std::fs::write(&first, text)?;
     repo.commit_all("the example shop")?;
-    django_venv(&root.join(".venv"))?;
+    test_support::python::venv(&root.join(".venv"), PACKAGES, &pip_cache())?;
 
     // create: a database Django sees as fully migrated, built by its own
     // `manage.py migrate` once.

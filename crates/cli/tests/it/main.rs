@@ -80,6 +80,15 @@ pub(crate) fn ok(dir: &Path, args: &[&str]) -> TestResult<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
+/// Worktree `id`'s database URL, with its password (`isolane env`).
+pub(crate) fn url_of(dir: &Path, id: &str) -> TestResult<String> {
+    ok(dir, &["env", id])?
+        .lines()
+        .find_map(|l| l.strip_prefix("DATABASE_URL="))
+        .map(str::to_owned)
+        .ok_or_else(|| format!("no DATABASE_URL for {id}").into())
+}
+
 /// Runs isolane with `--json` appended and parses stdout.
 pub(crate) fn json(dir: &Path, args: &[&str]) -> TestResult<serde_json::Value> {
     let mut all = args.to_vec();

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use test_support::TestResult;
 
-use crate::{database_names, json, ok, output, repo_with_config};
+use crate::{database_names, json, ok, output, repo_with_config, url_of};
 
 /// `build.sh` applies `schema/*.sql` with psql and counts its runs in a
 /// file outside the repository.
@@ -33,17 +33,24 @@ for f in schema/*.sql; do psql -X -q -v ON_ERROR_STOP=1 -f "$f"; done
 echo run >> "$1"
 "#;
 
-fn runs(counter: &Path) -> usize {
-    std::fs::read_to_string(counter).map_or(0, |t| t.lines().count())
+/// A repository whose template `build.sh` builds from one schema file;
+/// the scratch dir holds the count of builds (`runs`).
+fn fixture() -> TestResult<(tempfile::TempDir, test_support::GitRepo)> {
+    let scratch = tempfile::tempdir()?;
+    let repo = repo_with_config(&config(&scratch.path().join("runs")))?;
+    repo.write(".gitignore", "reset.txt\n")?;
+    repo.write("build.sh", BUILD)?;
+    repo.write(
+        "schema/001_users.sql",
+        "CREATE TABLE users (id serial PRIMARY KEY, name text);\n\
+         INSERT INTO users (name) VALUES ('seed');\n",
+    )?;
+    repo.commit_all("schema")?;
+    Ok((scratch, repo))
 }
 
-/// Worktree `id`'s database URL, with its password.
-fn url_of(root: &Path, id: &str) -> TestResult<String> {
-    ok(root, &["env", id])?
-        .lines()
-        .find_map(|l| l.strip_prefix("DATABASE_URL="))
-        .map(str::to_owned)
-        .ok_or_else(|| format!("no DATABASE_URL for {id}").into())
+fn runs(counter: &Path) -> usize {
+    std::fs::read_to_string(counter).map_or(0, |t| t.lines().count())
 }
 
 fn query_i64(url: &str, sql: &str) -> TestResult<i64> {
@@ -53,18 +60,9 @@ fn query_i64(url: &str, sql: &str) -> TestResult<i64> {
 
 #[test]
 fn a_command_builds_the_template_once_per_input_content() -> TestResult {
-    let scratch = tempfile::tempdir()?;
+    let (scratch, repo) = fixture()?;
     let counter = scratch.path().join("runs");
-    let repo = repo_with_config(&config(&counter))?;
     let root = repo.path();
-    repo.write(".gitignore", "reset.txt\n")?;
-    repo.write("build.sh", BUILD)?;
-    repo.write(
-        "schema/001_users.sql",
-        "CREATE TABLE users (id serial PRIMARY KEY, name text);\n\
-         INSERT INTO users (name) VALUES ('seed');\n",
-    )?;
-    repo.commit_all("schema")?;
     repo.branch("feature/email")?;
 
     let a = json(
@@ -200,17 +198,9 @@ fn migrations_and_a_template_command_together_are_refused() -> TestResult {
 
 #[test]
 fn leases_are_private_clones_of_the_template_reclaimed_after_their_holder() -> TestResult {
-    let scratch = tempfile::tempdir()?;
+    let (scratch, repo) = fixture()?;
     let counter = scratch.path().join("runs");
-    let repo = repo_with_config(&config(&counter))?;
     let root = repo.path();
-    repo.write("build.sh", BUILD)?;
-    repo.write(
-        "schema/001_users.sql",
-        "CREATE TABLE users (id serial PRIMARY KEY, name text);\n\
-         INSERT INTO users (name) VALUES ('seed');\n",
-    )?;
-    repo.commit_all("schema")?;
     ok(
         root,
         &["create", "--purpose", "test-lease", "--identifier", "a"],
