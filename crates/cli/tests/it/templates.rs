@@ -235,3 +235,105 @@ fn leases_are_private_clones_of_the_template_reclaimed_after_their_holder() -> T
     ok(root, &["remove", "test-lease-a", "--force"])?;
     Ok(())
 }
+
+/// A repository whose template command first runs `before` (a shell
+/// command), then `build.sh`; a schema file of its own keys its template.
+fn slow_fixture(before: &str) -> TestResult<(tempfile::TempDir, test_support::GitRepo)> {
+    let scratch = tempfile::tempdir()?;
+    let repo = repo_with_config(&format!(
+        "[database.template]\ncommand = \"{before}; sh build.sh {}\"\ninputs = [\"schema/*.sql\"]\n",
+        scratch.path().join("runs").display()
+    ))?;
+    repo.write("build.sh", BUILD)?;
+    repo.write(
+        "schema/001.sql",
+        format!("CREATE TABLE t (v int); -- {:?}\n", scratch.path()),
+    )?;
+    repo.commit_all("schema")?;
+    Ok((scratch, repo))
+}
+
+#[test]
+fn concurrent_creates_build_the_template_once() -> TestResult {
+    let (scratch, repo) = slow_fixture("sleep 1")?;
+    let root = repo.path();
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            crate::isolane(root)
+                .args([
+                    "create",
+                    "--purpose",
+                    "test-race",
+                    "--identifier",
+                    &i.to_string(),
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    for child in children {
+        let out = child.wait_with_output()?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(runs(&scratch.path().join("runs")), 1);
+    for i in 0..3 {
+        ok(root, &["remove", &format!("test-race-{i}"), "--force"])?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_build_killed_with_kill_9_is_built_again_by_the_next_create() -> TestResult {
+    use std::os::unix::process::CommandExt as _;
+    let scratch = tempfile::tempdir()?;
+    let started = scratch.path().join("started");
+    let fast = scratch.path().join("fast");
+    let (runs_dir, repo) = slow_fixture(&format!(
+        "touch {}; test -e {} || sleep 60",
+        started.display(),
+        fast.display()
+    ))?;
+    let root = repo.path();
+    let mut child = crate::isolane(root)
+        .args(["create", "--purpose", "test-killed", "--identifier", "a"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !started.exists() {
+        if std::time::Instant::now() > deadline {
+            return Err("the template command never started".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The whole job, as a Ctrl-C or a CI timeout takes it: isolane, the
+    // shell and the command.
+    let group = format!("-{}", child.id());
+    let status = std::process::Command::new("kill")
+        .args(["-9", "--", &group])
+        .status()?;
+    assert!(status.success());
+    child.wait()?;
+
+    std::fs::write(&fast, "")?;
+    ok(root, &["gc"])?;
+    let out = output(
+        root,
+        &["create", "--purpose", "test-killed", "--identifier", "b"],
+    )?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("built template"), "{said}");
+    assert_eq!(runs(&runs_dir.path().join("runs")), 1);
+    let url = url_of(root, "test-killed-b")?;
+    assert_eq!(query_i64(&url, "SELECT count(*) FROM t")?, 0);
+    assert_eq!(json(root, &["list"])?.as_array().map(Vec::len), Some(1));
+    ok(root, &["remove", "test-killed-b", "--force"])?;
+    Ok(())
+}
