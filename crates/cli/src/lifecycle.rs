@@ -444,10 +444,12 @@ pub(crate) fn teardown(repo: &Repo, entry: &Entry, how: Teardown) -> Result<Torn
                 "leaving database {database} alone: its owner record does not name {id} of this repository"
             )),
         }
-    }
-    if let Some(database) = &entry.database {
-        let server = repo.server()?;
-        done.derived_dropped = crate::worktree_db::drop_derived(&server, database)?;
+        // Only what derives from a database that was the worktree's (gone
+        // or dropped just now), never from someone else's of that name.
+        let foreign = info_kept_as_foreign(&done, database, &server)?;
+        if !foreign {
+            done.derived_dropped = crate::worktree_db::drop_derived(&server, database)?;
+        }
     }
     registry::fault_point("remove.after_database");
 
@@ -460,6 +462,17 @@ pub(crate) fn teardown(repo: &Repo, entry: &Entry, how: Teardown) -> Result<Torn
         Ok::<_, registry::Error>(())
     })?;
     Ok(done)
+}
+
+/// Whether `database` is still there after the teardown's drop step
+/// (which then left it alone as someone else's).
+fn info_kept_as_foreign(
+    done: &TornDown,
+    database: &str,
+    server: &pg_isolate::Server,
+) -> Result<bool> {
+    Ok(done.database_dropped.is_none()
+        && server.list_databases()?.iter().any(|d| d.name == database))
 }
 
 /// Deletes the services' logs of worktree `id` (best effort: they are ours,
