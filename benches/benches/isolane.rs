@@ -15,6 +15,7 @@ const GROUPS: &[Group] = &[
     ("pg", benches::pg::run),
     ("migrations", benches::migrations::run),
     ("cli", benches::cli::run),
+    ("django", benches::django::run),
 ];
 
 fn main() -> ExitCode {

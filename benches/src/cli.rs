@@ -13,7 +13,7 @@ use crate::{BenchResult, Config, Report, Row, Samples, interleaved, ms, ratio};
 /// run. A bench cannot depend on another package's binary, and `cargo
 /// bench` holds the lock of its own target dir while benches run, so the
 /// binary is built in a target dir of its own: `target/bench-bin`.
-fn isolane_binary(config: &Config) -> BenchResult<PathBuf> {
+pub(crate) fn isolane_binary(config: &Config) -> BenchResult<PathBuf> {
     let target = config
         .scratch
         .parent()
@@ -39,7 +39,25 @@ fn isolane_binary(config: &Config) -> BenchResult<PathBuf> {
     Ok(binary)
 }
 
-fn run_ok(command: &mut Command) -> BenchResult {
+/// `isolane ARGS` run in `repo`, its port leases and claims in `scratch`
+/// (never the host's).
+pub(crate) fn isolane_in<'a>(
+    binary: &'a Path,
+    repo: &'a Path,
+    scratch: &'a Path,
+) -> impl Fn(&[&str]) -> Command + 'a {
+    move |args| {
+        let mut command = Command::new(binary);
+        command
+            .args(args)
+            .current_dir(repo)
+            .env("ISOLANE_STATE_DIR", scratch.join("state"))
+            .env("ISOLANE_PORT_CLAIMS_DIR", scratch.join("claims"));
+        command
+    }
+}
+
+pub(crate) fn run_ok(command: &mut Command) -> BenchResult {
     let output = command.output()?;
     if !output.status.success() {
         return Err(format!(
@@ -69,16 +87,7 @@ pub fn run(config: &Config, report: &mut Report) -> BenchResult {
             migrations.display()
         ),
     )?;
-    let state = scratch.path().join("state");
-    let isolane = |args: &[&str]| {
-        let mut command = Command::new(&binary);
-        command
-            .args(args)
-            .current_dir(&repo)
-            .env("ISOLANE_STATE_DIR", &state)
-            .env("ISOLANE_PORT_CLAIMS_DIR", scratch.path().join("claims"));
-        command
-    };
+    let isolane = isolane_in(&binary, &repo, scratch.path());
     // The template is built once, as a project's first create would.
     run_ok(isolane(&["create", "--purpose", "bench", "--identifier", "warm"]).arg("--json"))?;
     run_ok(&mut isolane(&["remove", "bench-warm", "--force"]))?;

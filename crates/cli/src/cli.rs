@@ -224,6 +224,40 @@ pub(crate) enum DbCommand {
         /// The worktree id.
         id: String,
     },
+    /// The template worktree databases are cloned from: its key, the input
+    /// files matched and its build time; `--rebuild` builds it again.
+    Template {
+        /// Whose files key it (default: the main worktree).
+        id: Option<String>,
+        /// Drop it and build it again.
+        #[arg(long)]
+        rebuild: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A private database cloned from worktree ID's template (from the warm
+    /// pool when a clone is ready), leased to the calling process: prints
+    /// its URL; `db release NAME` drops it, and gc does once that process
+    /// is gone.
+    Lease {
+        /// The worktree whose template to clone.
+        id: String,
+        /// The process holding the lease (default: the one that runs isolane).
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// (internal) Fill the warm pool of ID's template and exit.
+        #[arg(long, hide = true)]
+        refill: bool,
+    },
+    /// Drop a database `db lease` handed out.
+    Release {
+        /// The leased database's name.
+        name: String,
+    },
     /// Migrate a database up or down to a version.
     Migrate(MigrateArgs),
     /// Verify that every migration's down undoes its up.

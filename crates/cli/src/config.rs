@@ -29,6 +29,7 @@ pub(crate) struct Config {
     pub(crate) services: Vec<Service>,
     pub(crate) hooks: Hooks,
     pub(crate) gc: Gc,
+    pub(crate) run: Run,
 }
 
 impl Default for Config {
@@ -42,6 +43,7 @@ impl Default for Config {
             services: Vec::new(),
             hooks: Hooks::default(),
             gc: Gc::default(),
+            run: Run::default(),
         }
     }
 }
@@ -100,6 +102,37 @@ pub(crate) struct Database {
     pub(crate) template_budget: usize,
     /// How much disk (MiB) the kept templates may use together.
     pub(crate) template_budget_mb: u64,
+    /// `[database.template]`: a template built by the project's own command.
+    pub(crate) template: Option<TemplateCommand>,
+    /// Ready clones kept per template for `isolane db lease` (0: none).
+    pub(crate) lease_pool: usize,
+}
+
+/// `[database.template]`: the template is whatever `command` leaves in the
+/// database it is pointed at; its key is the command and the content of
+/// every file `inputs` match in the worktree being created.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TemplateCommand {
+    #[serde(deserialize_with = "command")]
+    pub(crate) command: String,
+    #[serde(default, deserialize_with = "input_globs")]
+    pub(crate) inputs: Vec<String>,
+}
+
+/// `[run]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Run {
+    /// Activate the worktree's (or the main worktree's) `.venv/` for `run`
+    /// and services.
+    pub(crate) venv: bool,
+}
+
+impl Default for Run {
+    fn default() -> Self {
+        Self { venv: true }
+    }
 }
 
 impl Default for Database {
@@ -112,6 +145,8 @@ impl Default for Database {
             format: MigrationFormat::Auto,
             template_budget: pg_isolate::TemplateBudget::default().max_templates,
             template_budget_mb: pg_isolate::TemplateBudget::default().max_bytes >> 20,
+            template: None,
+            lease_pool: 2,
         }
     }
 }
@@ -148,6 +183,8 @@ fn default_service_timeout() -> Duration {
 pub(crate) struct Hooks {
     pub(crate) post_create: Vec<String>,
     pub(crate) pre_remove: Vec<String>,
+    /// Run in the worktree after every `db reset`.
+    pub(crate) post_reset: Vec<String>,
 }
 
 /// `[gc]`
@@ -217,6 +254,13 @@ impl Config {
         {
             return Err(format!("{key} contains a NUL character"));
         }
+        if config.database.migrations.is_some() && config.database.template.is_some() {
+            return Err(
+                "database.migrations and database.template are both set; a template comes \
+                 either from a migrations directory (diesel, sqlx) or from a command: keep one"
+                    .to_owned(),
+            );
+        }
         if let Some(service) = config.services.iter().find(|s| {
             s.ready.as_deref().is_some_and(|ready| {
                 looks_like_port_name(ready) && !config.ports.names.iter().any(|n| n == ready)
@@ -234,7 +278,7 @@ impl Config {
 }
 
 /// `text` with the password of every `scheme://user:password@` masked.
-fn redact_urls(text: &str) -> String {
+pub(crate) fn redact_urls(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("://") {
@@ -319,6 +363,38 @@ fn relative_dir<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathBuf, D
         )));
     }
     Ok(path)
+}
+
+/// A shell command: not empty.
+fn command<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let raw = String::deserialize(deserializer)?;
+    if raw.trim().is_empty() {
+        return Err(D::Error::custom("the command is empty"));
+    }
+    Ok(raw)
+}
+
+/// Globs relative to the worktree: valid patterns, never absolute or
+/// reaching out of it with `..`.
+fn input_globs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    let globs = Vec::<String>::deserialize(deserializer)?;
+    for raw in &globs {
+        let escapes = raw.starts_with('/')
+            || Path::new(raw)
+                .components()
+                .any(|c| matches!(c, Component::ParentDir));
+        if raw.is_empty() || escapes {
+            return Err(D::Error::custom(format!(
+                "input {raw:?} must be a glob relative to the worktree (no `..`, not absolute)"
+            )));
+        }
+        if let Err(error) = glob::Pattern::new(raw) {
+            return Err(D::Error::custom(format!(
+                "input {raw:?} is not a glob: {error}"
+            )));
+        }
+    }
+    Ok(globs)
 }
 
 fn file_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
@@ -492,10 +568,19 @@ enabled = true
 prefix = "testdb_"
 # migrations = "migrations"                        # absent: an empty database
 format = "auto"                                    # auto | diesel | sqlx
+# Any other migration tool: the template is what its own command leaves in
+# the database (DATABASE_URL and PG* point at it), rebuilt when the command
+# or a file the inputs match (in the worktree being created) changes.
+# Use this or `migrations`, not both.
+# [database.template]
+# command = "python manage.py migrate --noinput"
+# inputs = ["*/migrations/*.py", "requirements.txt"]
 # Templates (one per migrations content) kept on the server: the most
 # recently used, within both limits; gc drops the others.
 template_budget = 8
 template_budget_mb = 4096
+# Ready clones of a worktree's template kept for `isolane db lease`.
+lease_pool = 2
 
 # [[services]]
 # name = "app"
@@ -506,6 +591,10 @@ template_budget_mb = 4096
 [hooks]
 post_create = []           # e.g. ["python -m venv .venv"]
 pre_remove = []
+post_reset = []            # after every `isolane db reset`
+
+[run]
+venv = true                # activate the worktree's .venv/ for `run` and services
 
 [gc]
 purpose_prefix = "test-"

@@ -105,8 +105,24 @@ impl Repo {
     ) -> Option<&'a str> {
         let owner = database.owner.as_ref()?;
         let id = self.id_of_owner(owner.label.as_deref()?)?;
-        let expected = server.database_name(&database_stem(id)).ok()?;
-        (owner.kind == pg_isolate::DatabaseKind::Named && expected == database.name).then_some(id)
+        (owner.kind == pg_isolate::DatabaseKind::Named
+            && self.is_worktree_database_name(server, id, &database.name))
+        .then_some(id)
+    }
+
+    /// Whether `name` is the name `create` gives worktree `id`'s database:
+    /// today's (short enough for `test_<name>_gw99`), or the longer one
+    /// earlier versions gave.
+    pub(crate) fn is_worktree_database_name(
+        &self,
+        server: &pg_isolate::Server,
+        id: &str,
+        name: &str,
+    ) -> bool {
+        crate::worktree_db::name(server, id).is_ok_and(|n| n == name)
+            || server
+                .database_name(&database_stem(id))
+                .is_ok_and(|n| n == name)
     }
 
     /// Refuses an entry whose path is not `<worktrees dir>/<id>`: a registry

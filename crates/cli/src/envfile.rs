@@ -17,9 +17,84 @@ pub(crate) fn environment(entry: &Entry, database_url: Option<&str>) -> BTreeMap
         .collect();
     if let Some(url) = database_url {
         env.insert("DATABASE_URL".to_owned(), url.to_owned());
+        env.extend(pg_environment(url));
     }
     env.insert("ISOLANE_WORKTREE".to_owned(), entry.id.clone());
     env
+}
+
+/// `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE` of `url`, so
+/// `psql`, `createdb`, `dropdb` and libpq programs reach the same database
+/// with no arguments. Empty when the URL cannot be read (never: we build
+/// it).
+pub(crate) fn pg_environment(url: &str) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    let Ok(config) = url.parse::<postgres::Config>() else {
+        return env;
+    };
+    match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(host)) => {
+            env.insert("PGHOST".to_owned(), host.clone());
+        }
+        Some(postgres::config::Host::Unix(dir)) => {
+            env.insert("PGHOST".to_owned(), dir.display().to_string());
+        }
+        None => {}
+    }
+    if let Some(port) = config.get_ports().first() {
+        env.insert("PGPORT".to_owned(), port.to_string());
+    }
+    if let Some(user) = config.get_user() {
+        env.insert("PGUSER".to_owned(), user.to_owned());
+    }
+    if let Some(password) = config.get_password() {
+        env.insert(
+            "PGPASSWORD".to_owned(),
+            String::from_utf8_lossy(password).into_owned(),
+        );
+    }
+    if let Some(database) = config.get_dbname() {
+        env.insert("PGDATABASE".to_owned(), database.to_owned());
+    }
+    env
+}
+
+/// Activates a Python virtual environment for a process started in
+/// `worktree`: its own `.venv/`, else the main worktree's, unless
+/// `[run] venv = false`. Sets `VIRTUAL_ENV` and puts its `bin` first on
+/// `PATH` (the parent's `PATH` after it), as `source .venv/bin/activate`
+/// does.
+pub(crate) fn activate_venv(
+    env: &mut BTreeMap<String, String>,
+    repo: &crate::context::Repo,
+    worktree: &Path,
+) {
+    if !repo.config.run.venv {
+        return;
+    }
+    let Some(venv) = [worktree, repo.root.as_path()]
+        .into_iter()
+        .map(|dir| dir.join(".venv"))
+        .find(|venv| venv.join("bin").is_dir())
+    else {
+        return;
+    };
+    let bin = venv.join("bin");
+    let mut path = bin.into_os_string();
+    if let Some(rest) = env
+        .get("PATH")
+        .map(std::ffi::OsString::from)
+        .or_else(|| std::env::var_os("PATH"))
+        .filter(|p| !p.is_empty())
+    {
+        path.push(":");
+        path.push(rest);
+    }
+    env.insert("PATH".to_owned(), path.to_string_lossy().into_owned());
+    env.insert(
+        "VIRTUAL_ENV".to_owned(),
+        venv.to_string_lossy().into_owned(),
+    );
 }
 
 /// `KEY=VALUE` lines. Values never contain white space or quotes (ports,
@@ -58,7 +133,7 @@ impl<'a> Metadata<'a> {
             identifier: &entry.identifier,
             branch: entry.branch.as_deref(),
             path: &entry.path,
-            created: rfc3339(entry.created),
+            created: iso_offset(entry.created),
             ports: &entry.ports,
             database: entry.database.as_deref(),
             database_url,
@@ -72,6 +147,17 @@ pub(crate) fn rfc3339(seconds: u64) -> String {
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds),
     )
     .to_string()
+}
+
+/// Seconds since the epoch as an ISO 8601 UTC timestamp with an explicit
+/// `+00:00` offset, which Python's `datetime.fromisoformat` reads from 3.7
+/// on (a `Z` only from 3.11).
+pub(crate) fn iso_offset(seconds: u64) -> String {
+    let text = rfc3339(seconds);
+    match text.strip_suffix('Z') {
+        Some(base) => format!("{base}+00:00"),
+        None => text,
+    }
 }
 
 /// The files' permissions: owner only, as they always were (the database
@@ -108,5 +194,17 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso_offset(86_400), "1970-01-02T00:00:00+00:00");
+    }
+
+    #[test]
+    fn pg_variables_name_the_database_of_the_url() {
+        let env = pg_environment("postgresql://postgres:s3cret@127.0.0.1:17001/testdb_a");
+        let get = |k: &str| env.get(k).map(String::as_str);
+        assert_eq!(get("PGHOST"), Some("127.0.0.1"));
+        assert_eq!(get("PGPORT"), Some("17001"));
+        assert_eq!(get("PGUSER"), Some("postgres"));
+        assert_eq!(get("PGPASSWORD"), Some("s3cret"));
+        assert_eq!(get("PGDATABASE"), Some("testdb_a"));
     }
 }

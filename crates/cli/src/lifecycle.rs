@@ -139,19 +139,9 @@ fn build(
 
     let database_url = if want_database {
         let server = repo.server()?;
-        let template = match repo.migrations()? {
-            Some(migrations) => {
-                progress(format_args!(
-                    "preparing the template of {} migrations in {}",
-                    migrations.len(),
-                    migrations.dir().display()
-                ));
-                Some(migrations.template(&server)?)
-            }
-            None => None,
-        };
-        let short = crate::context::database_stem(id);
-        let name = server.database_name(&short)?;
+        // Built from this worktree's own files: its branch's migrations.
+        let template = crate::template::for_worktree(repo, &server, &worktree.path, false)?;
+        let name = crate::worktree_db::name(&server, id)?;
         let owner = repo.owner(id);
         let options = pg_isolate::CreateOptions {
             template: template.as_ref().map(pg_isolate::Template::name),
@@ -238,10 +228,12 @@ pub(crate) fn open_ready(repo: &Repo, id: &str) -> Result<(Entry, BTreeMap<Strin
         ))
         .into());
     }
-    let env = repo.environment(&entry)?;
+    let mut env = repo.environment(&entry)?;
     // The database URL can change (a restarted server): refresh the files
     // test code reads before it runs.
     write_files(repo, &entry, env.get("DATABASE_URL").map(String::as_str))?;
+    // After the files: PATH and VIRTUAL_ENV are this host's, not the tests'.
+    envfile::activate_venv(&mut env, repo, &entry.path);
     Ok((entry, env))
 }
 
@@ -340,6 +332,8 @@ pub(crate) struct TornDown {
     pub(crate) worktree_removed: bool,
     pub(crate) branch_deleted: Option<String>,
     pub(crate) database_dropped: Option<String>,
+    /// Databases a test runner derived from it (`test_<name>...`), dropped.
+    pub(crate) derived_dropped: Vec<String>,
     pub(crate) ports_released: Vec<u16>,
 }
 
@@ -437,9 +431,27 @@ pub(crate) fn teardown(repo: &Repo, entry: &Entry, how: Teardown) -> Result<Torn
                 progress(format_args!("dropped database {database}"));
                 done.database_dropped = Some(database.clone());
             }
+            // The worktree's exact name without any record: the user's own
+            // dropdb + createdb replaced it.
+            Some(info)
+                if info.owner.is_none()
+                    && repo.is_worktree_database_name(&server, id, database) =>
+            {
+                crate::worktree_db::drop_unrecorded(&server, database)?;
+                progress(format_args!(
+                    "dropped database {database} (replaced by hand)"
+                ));
+                done.database_dropped = Some(database.clone());
+            }
             Some(_) => progress(format_args!(
                 "leaving database {database} alone: its owner record does not name {id} of this repository"
             )),
+        }
+        // Only what derives from a database that was the worktree's (gone
+        // or dropped just now), never from someone else's of that name.
+        let foreign = info_kept_as_foreign(&done, database, &server)?;
+        if !foreign {
+            done.derived_dropped = crate::worktree_db::drop_derived(&server, database)?;
         }
     }
     registry::fault_point("remove.after_database");
@@ -453,6 +465,17 @@ pub(crate) fn teardown(repo: &Repo, entry: &Entry, how: Teardown) -> Result<Torn
         Ok::<_, registry::Error>(())
     })?;
     Ok(done)
+}
+
+/// Whether `database` is still there after the teardown's drop step
+/// (which then left it alone as someone else's).
+fn info_kept_as_foreign(
+    done: &TornDown,
+    database: &str,
+    server: &pg_isolate::Server,
+) -> Result<bool> {
+    Ok(done.database_dropped.is_none()
+        && server.list_databases()?.iter().any(|d| d.name == database))
 }
 
 /// Deletes the services' logs of worktree `id` (best effort: they are ours,

@@ -26,6 +26,8 @@ mod runs;
 mod services;
 mod state;
 mod stats;
+mod template;
+mod worktree_db;
 
 use std::process::ExitCode;
 
@@ -69,5 +71,11 @@ fn exit_code_for(error: &anyhow::Error) -> u8 {
                 .downcast_ref::<pg_isolate::Error>()
                 .is_some_and(pg_isolate::Error::is_invalid_input)
     });
+    if let Some(failed) = error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<template::BuildFailed>())
+    {
+        return failed.code();
+    }
     if is_input { 2 } else { 1 }
 }

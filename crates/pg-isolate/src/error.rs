@@ -144,6 +144,12 @@ pub enum Error {
         #[source]
         source: SetupError,
     },
+    /// A database was to be handed over to a process that is not running.
+    #[error("process {pid} is not running; a database cannot be handed over to it")]
+    HolderGone {
+        /// The process id.
+        pid: u32,
+    },
     /// A template setup step panicked.
     #[error("setting up template {template} panicked")]
     SetupPanicked {

@@ -21,6 +21,11 @@
 //! - [`Server::template`]: a template built once per distinct setup by
 //!   exactly one process; [`Template::test_database`] clones it into a
 //!   [`TestDatabase`] that is dropped with its handle.
+//!   [`Server::template_with`] builds one by any other means (a migration
+//!   tool's own command, given the new database's URL).
+//! - [`TestDatabase::hand_over`]: a test database leased to another
+//!   process (one a command-line tool serves), reclaimed by [`Server::gc`]
+//!   once that process is gone.
 //! - [`Template::pool`]: a warm pool of pre-created clones on the server,
 //!   shared by every process, so a test gets its database in about a
 //!   millisecond.
@@ -128,6 +133,7 @@ mod databases;
 mod embedded;
 mod error;
 mod gc;
+mod lease;
 mod names;
 mod owner;
 mod pool;
@@ -143,6 +149,6 @@ pub use gc::{GcEntry, GcOptions, GcReason, GcReport, TemplateBudget};
 pub use owner::{DatabaseKind, OwnerRecord};
 pub use pool::{Pool, PoolOptions};
 pub use server::{CloneStrategy, Server, ServerOptions, URL_ENV};
-pub use template::{TEMPLATE_FORMAT_VERSION, Template};
+pub use template::{TEMPLATE_FORMAT_VERSION, Template, TemplateOptions};
 pub use testdb::TestDatabase;
 pub use url::redact as redact_url;

@@ -25,6 +25,17 @@ pub struct Template {
     server: Server,
     name: String,
     key: String,
+    /// How long building it took, when this handle's call built it.
+    built_in: Option<std::time::Duration>,
+}
+
+/// Options of [`Server::template_with`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct TemplateOptions {
+    /// Drop a complete template of the same key and build it again (under
+    /// the build lock, so concurrent callers still see exactly one build).
+    pub rebuild: bool,
 }
 
 /// The key of a template: a hash of what defines its schema.
@@ -80,16 +91,78 @@ impl Server {
     where
         F: FnOnce(&mut Client) -> Result<(), SetupError>,
     {
+        self.template_inner(key_material, false, |name| {
+            let mut client = self.client(name)?;
+            Ok(setup(&mut client))
+        })
+    }
+
+    /// The template for `key_material`, built if it does not exist yet (or
+    /// when [`TemplateOptions::rebuild`]) by `build`, which receives the
+    /// new database's connection URL (with its password) and fills it by
+    /// any means: a migration tool's own command, a restore, a script.
+    ///
+    /// Everything else is as in [`Server::template`]: the key, exactly one
+    /// builder on the host while the others wait, the budget, and a failed
+    /// or panicking `build` leaving no database behind. Connections that
+    /// `build` left open are closed before the database becomes a template.
+    pub fn template_with<F>(
+        &self,
+        key_material: &[u8],
+        options: TemplateOptions,
+        build: F,
+    ) -> Result<Template, Error>
+    where
+        F: FnOnce(&str) -> Result<(), SetupError>,
+    {
+        self.template_inner(key_material, options.rebuild, |name| {
+            Ok(build(&self.url(name)))
+        })
+    }
+
+    /// The key (hex) and database name [`Server::template`] and
+    /// [`Server::template_with`] give `key_material` on this server,
+    /// without building anything.
+    pub fn template_key(&self, key_material: &[u8]) -> (String, String) {
         let key = Key::new(key_material, self.major_version());
         let name = template_name(self.prefix(), &key.hex);
-        let template = Template {
+        (key.hex, name)
+    }
+
+    /// The complete template for `key_material`, if one exists; nothing is
+    /// built, held or refreshed.
+    pub fn find_template(&self, key_material: &[u8]) -> Result<Option<Template>, Error> {
+        let (key, name) = self.template_key(key_material);
+        let found = self.database_info(&name)?;
+        Ok(found.as_ref().and_then(ready_owner).map(|_| Template {
+            server: self.clone(),
+            name,
+            key,
+            built_in: None,
+        }))
+    }
+
+    fn template_inner<F>(
+        &self,
+        key_material: &[u8],
+        rebuild: bool,
+        setup: F,
+    ) -> Result<Template, Error>
+    where
+        F: FnOnce(&str) -> Result<Result<(), SetupError>, Error>,
+    {
+        let key = Key::new(key_material, self.major_version());
+        let name = template_name(self.prefix(), &key.hex);
+        let mut template = Template {
             server: self.clone(),
             name: name.clone(),
             key: key.hex.clone(),
+            built_in: None,
         };
         // Held before it is looked at: from here on gc leaves it alone.
         self.hold(hold_lock(key.lock))?;
-        if let Some(info) = self.database_info(&name)?
+        if !rebuild
+            && let Some(info) = self.database_info(&name)?
             && let Some(owner) = ready_owner(&info)
         {
             self.touch(&name, owner)?;
@@ -99,19 +172,26 @@ impl Server {
         locker
             .execute("SELECT pg_advisory_lock($1)", &[&key.lock])
             .map_err(|e| Error::sql("waiting for the template build lock of", &name, e))?;
-        let result = self.build_locked(&name, &key, setup);
+        let result = self.build_locked(&name, &key, rebuild, setup);
         // Closing the connection releases the lock in any case.
         let _ = locker.execute("SELECT pg_advisory_unlock($1)", &[&key.lock]);
-        result.map(|()| template)
+        template.built_in = result?;
+        Ok(template)
     }
 
-    fn build_locked<F>(&self, name: &str, key: &Key, setup: F) -> Result<(), Error>
+    fn build_locked<F>(
+        &self,
+        name: &str,
+        key: &Key,
+        rebuild: bool,
+        setup: F,
+    ) -> Result<Option<std::time::Duration>, Error>
     where
-        F: FnOnce(&mut Client) -> Result<(), SetupError>,
+        F: FnOnce(&str) -> Result<Result<(), SetupError>, Error>,
     {
         if let Some(info) = self.database_info(name)? {
-            if ready_owner(&info).is_some() {
-                return Ok(());
+            if ready_owner(&info).is_some() && !rebuild {
+                return Ok(None);
             }
             if info.owner.is_none() {
                 return Err(Error::NotOwned {
@@ -119,21 +199,26 @@ impl Server {
                 });
             }
             // We hold the build lock, so nobody is building it: it is the
-            // remains of a crashed build.
-            tracing::warn!(database = name, "dropping half-built template");
+            // remains of a crashed build (or a complete one to rebuild).
+            if ready_owner(&info).is_some() {
+                tracing::info!(database = name, "dropping template to rebuild it");
+            } else {
+                tracing::warn!(database = name, "dropping half-built template");
+            }
             self.drop_owned(name, info.is_template)?;
         }
         let started = std::time::Instant::now();
         let mut record = OwnerRecord::new(DatabaseKind::Template, None);
         record.template_key = Some(key.hex.clone());
         self.create_with_record(name, None, None, &record)?;
-        let outcome = {
-            let mut client = self.client(name)?;
-            catch_unwind(AssertUnwindSafe(|| setup(&mut client)))
-        };
+        let outcome = catch_unwind(AssertUnwindSafe(|| setup(name)));
         match outcome {
-            Ok(Ok(())) => {}
-            Ok(Err(source)) => {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Err(error)) => {
+                let _ = self.drop_owned(name, false);
+                return Err(error);
+            }
+            Ok(Ok(Err(source))) => {
                 let _ = self.drop_owned(name, false);
                 return Err(Error::Setup {
                     template: name.to_owned(),
@@ -170,7 +255,7 @@ impl Server {
             elapsed_ms = started.elapsed().as_millis(),
             "built template"
         );
-        Ok(())
+        Ok(Some(started.elapsed()))
     }
 
     /// Refreshes `last_used` of a template when it is older than an hour.
@@ -206,6 +291,12 @@ impl Template {
     /// The template key (hex), recorded in its owner record.
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// How long building the template took, when the call that returned
+    /// this handle built it (`None`: it existed already).
+    pub fn build_time(&self) -> Option<std::time::Duration> {
+        self.built_in
     }
 
     /// The server the template lives on.

@@ -6,6 +6,8 @@
 //!   concurrency and `kill -9` tests with real processes.
 //! - [`fuzz`]: time-bounded property fuzzing with proptest.
 //! - [`mount`]: a tiny tmpfs that really fills up or turns read-only.
+//! - [`python`]: a virtualenv with packages from PyPI, and the example
+//!   projects copied into a test's repository.
 #![deny(missing_docs)]
 
 use std::ffi::OsStr;
@@ -16,6 +18,7 @@ use std::process::{Command, Output};
 pub mod child;
 pub mod fuzz;
 pub mod mount;
+pub mod python;
 
 /// The result type of test bodies and fixtures.
 pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;

@@ -16,6 +16,14 @@ use crate::database_gc::server_gc;
 pub(super) fn run(command: DbCommand) -> Result<ExitCode> {
     match command {
         DbCommand::Reset { id } => reset(&id),
+        DbCommand::Template { id, rebuild, json } => template(id.as_deref(), rebuild, json),
+        DbCommand::Lease {
+            id,
+            pid,
+            json,
+            refill,
+        } => lease(&id, pid, json, refill),
+        DbCommand::Release { name } => release(&name),
         DbCommand::Migrate(args) => migrate(&args),
         DbCommand::CheckRollback(args) => check_rollback(&args),
         DbCommand::List { orphans, json } => list(orphans, json),
@@ -57,12 +65,230 @@ fn reset(id: &str) -> Result<ExitCode> {
         ))
     })?;
     let server = repo.server()?;
-    let template = repo
-        .migrations()?
-        .map(|m| m.template(&server))
-        .transpose()?;
-    server.reset_database(database, template.as_ref().map(pg_isolate::Template::name))?;
+    let template = crate::template::for_worktree(&repo, &server, &entry.path, false)?;
+    let template_name = template.as_ref().map(pg_isolate::Template::name);
+    let replaced_by_hand = server
+        .list_databases()?
+        .into_iter()
+        .any(|d| d.name == database && d.owner.is_none())
+        && repo.is_worktree_database_name(&server, id, database);
+    if replaced_by_hand {
+        // The user's own dropdb + createdb: still the worktree's database
+        // (its exact name, the registry's entry), replaced by a fresh one
+        // that carries isolane's record again.
+        progress(format_args!(
+            "{database} carries no owner record (replaced by hand); replacing it"
+        ));
+        crate::worktree_db::drop_unrecorded(&server, database)?;
+        let owner = repo.owner(id);
+        server.create_database(
+            database,
+            pg_isolate::CreateOptions {
+                template: template_name,
+                label: Some(&owner),
+                owner_path: Some(&repo.common_dir),
+                ..pg_isolate::CreateOptions::default()
+            },
+        )?;
+    } else {
+        server.reset_database(database, template_name)?;
+    }
+    if !repo.config.hooks.post_reset.is_empty() {
+        let mut env = repo.environment(&entry)?;
+        crate::envfile::activate_venv(&mut env, &repo, &entry.path);
+        for hook in &repo.config.hooks.post_reset {
+            crate::lifecycle::run_hook(hook, &entry.path, &env)?;
+        }
+    }
     println!("reset {database}");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Serialize)]
+struct TemplateReport {
+    /// `command` or `migrations`.
+    source: &'static str,
+    command: Option<String>,
+    key: String,
+    database: String,
+    /// The input files matched (relative to the worktree), or the
+    /// migrations directory.
+    inputs: Vec<std::path::PathBuf>,
+    /// Whether this call built it.
+    built_now: bool,
+    /// The last recorded build time, in milliseconds.
+    build_ms: Option<u64>,
+    /// When that build finished (seconds since the epoch).
+    built_at: Option<u64>,
+}
+
+fn template(id: Option<&str>, rebuild: bool, json: bool) -> Result<ExitCode> {
+    let repo = Repo::discover()?;
+    let worktree = match id {
+        Some(id) => repo.entry(id)?.path,
+        None => repo.root.clone(),
+    };
+    let server = repo.server()?;
+    let report = if let Some(command) = &repo.config.database.template {
+        let inputs = crate::template::inputs(command, &worktree)?;
+        let built = crate::template::for_worktree(&repo, &server, &worktree, rebuild)?
+            .context("a configured template command gives a template")?;
+        let record = crate::template::build_record(&repo, built.key());
+        TemplateReport {
+            source: "command",
+            command: Some(command.command.clone()),
+            key: built.key().to_owned(),
+            database: built.name().to_owned(),
+            inputs: inputs.files,
+            built_now: built.build_time().is_some(),
+            build_ms: record.as_ref().map(|r| r.build_ms),
+            built_at: record.map(|r| r.built_at),
+        }
+    } else if repo.config.database.migrations.is_some() {
+        if rebuild {
+            return Err(InputError(
+                "--rebuild works for a command-built template ([database.template]); \
+                 a migrations directory's template is rebuilt when its content changes"
+                    .to_owned(),
+            )
+            .into());
+        }
+        let built = crate::template::for_worktree(&repo, &server, &worktree, false)?
+            .context("configured migrations give a template")?;
+        TemplateReport {
+            source: "migrations",
+            command: None,
+            key: built.key().to_owned(),
+            database: built.name().to_owned(),
+            inputs: repo.config.database.migrations.iter().cloned().collect(),
+            built_now: built.build_time().is_some(),
+            build_ms: built
+                .build_time()
+                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            built_at: None,
+        }
+    } else {
+        return Err(InputError(
+            "no template configured: set [database.template] (a command) or \
+             database.migrations in isolane.toml"
+                .to_owned(),
+        )
+        .into());
+    };
+    if json {
+        print_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("template  {}", report.database);
+    println!("key       {}", report.key);
+    if let Some(command) = &report.command {
+        println!("command   {command}");
+    }
+    println!("inputs    {} file(s)", report.inputs.len());
+    for input in &report.inputs {
+        println!("  {}", input.display());
+    }
+    match report.build_ms {
+        Some(ms) => println!(
+            "built     in {:.1} s{}",
+            ms as f64 / 1000.0,
+            if report.built_now { " (now)" } else { "" }
+        ),
+        None => println!("built     (by another process or before; no build time recorded)"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The key material of the template of a worktree without one configured:
+/// an empty database.
+const EMPTY_TEMPLATE: &[u8] = b"isolane empty database";
+
+fn lease(id: &str, pid: Option<u32>, json: bool, refill: bool) -> Result<ExitCode> {
+    let repo = Repo::discover()?;
+    let entry = repo.entry(id)?;
+    let server = repo.server()?;
+    let template = match crate::template::for_worktree(&repo, &server, &entry.path, false)? {
+        Some(template) => template,
+        None => server.template(EMPTY_TEMPLATE, |_| Ok(()))?,
+    };
+    let size = repo.config.database.lease_pool;
+    if refill {
+        let pool = template.pool(pg_isolate::PoolOptions {
+            size,
+            ..pg_isolate::PoolOptions::default()
+        })?;
+        pool.wait_filled(std::time::Duration::from_secs(120))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let holder = match pid {
+        Some(pid) => pid,
+        None => nix::unistd::getppid().as_raw().try_into()?,
+    };
+    let holder = registry::ProcessIdentity::of_pid(holder)
+        .ok_or_else(|| InputError(format!("--pid {holder}: no such process")))?;
+    // Claims a ready clone if there is one (no filler of its own: this
+    // process is about to exit), else clones the template on the spot.
+    let pool = template.pool(pg_isolate::PoolOptions {
+        size: 0,
+        ..pg_isolate::PoolOptions::default()
+    })?;
+    let claimed = pool.test_database();
+    drop(pool);
+    let name = claimed?.hand_over(holder)?;
+    let url = server.url(&name);
+    if size > 0 {
+        spawn_refill(id);
+    }
+    if json {
+        print_json(&serde_json::json!({
+            "name": name,
+            "url": url,
+            "template": template.name(),
+            "holder": holder.pid,
+        }))?;
+    } else {
+        println!("{url}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Tops the warm pool up in a detached process of its own, so the next
+/// lease finds a ready clone and this one returns at once. Best effort: a
+/// refill that fails or is killed leaves at most a half-made clone, which
+/// pg-isolate's cleanup drops.
+fn spawn_refill(id: &str) {
+    use std::os::unix::process::CommandExt as _;
+    let spawned = std::env::current_exe().and_then(|exe| {
+        std::process::Command::new(exe)
+            .args(["db", "lease", id, "--refill"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+    });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "cannot start the lease pool refill");
+    }
+}
+
+fn release(name: &str) -> Result<ExitCode> {
+    let repo = repo_if_any();
+    let config = repo.as_ref().map(|r| r.config.clone()).unwrap_or_default();
+    let server = open_server(&config, None, Cleanup::Automatic)?;
+    let info = server
+        .list_databases()?
+        .into_iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| InputError(format!("no database {name:?} on the server")))?;
+    if info.owner.as_ref().map(|o| o.kind) != Some(pg_isolate::DatabaseKind::Test) {
+        return Err(InputError(format!(
+            "{name} is not a database `isolane db lease` handed out; refusing to drop it"
+        ))
+        .into());
+    }
+    server.drop_database(name)?;
+    println!("released {name}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -247,8 +473,41 @@ fn ours(
     cleanup: Cleanup,
 ) -> Result<(pg_isolate::Server, Vec<DatabaseRow>)> {
     let server = open_server(config, None, cleanup)?;
-    let rows = server
-        .list_databases()?
+    let all = server.list_databases()?;
+    let names: Vec<&str> = all.iter().map(|d| d.name.as_str()).collect();
+    // What test runners derived from a worktree's database, and a worktree
+    // database replaced by hand: no owner record, listed under the worktree.
+    let mut extra = Vec::new();
+    if let Some(repo) = repo {
+        for entry in repo.registry.read()?.entries.into_values() {
+            let Some(base) = entry.database else { continue };
+            if all.iter().any(|d| {
+                d.name == base
+                    && d.owner.is_none()
+                    && repo.is_worktree_database_name(&server, &entry.id, &base)
+            }) {
+                extra.push(DatabaseRow {
+                    name: base.clone(),
+                    kind: "replaced-by-hand".to_owned(),
+                    label: None,
+                    worktree: Some(entry.id.clone()),
+                    created: 0,
+                    is_template: false,
+                });
+            }
+            for name in crate::worktree_db::derived(&base, &names) {
+                extra.push(DatabaseRow {
+                    name: name.to_owned(),
+                    kind: "derived".to_owned(),
+                    label: None,
+                    worktree: Some(entry.id.clone()),
+                    created: 0,
+                    is_template: false,
+                });
+            }
+        }
+    }
+    let mut rows: Vec<DatabaseRow> = all
         .into_iter()
         .filter_map(|db| {
             let worktree = repo
@@ -265,6 +524,8 @@ fn ours(
             })
         })
         .collect();
+    rows.extend(extra);
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
     Ok((server, rows))
 }
 
@@ -319,10 +580,14 @@ fn clean(prefix: Option<&str>, dry_run: bool) -> Result<ExitCode> {
         .filter_map(|e| e.database)
         .collect();
     let mut count = 0;
-    for row in rows
-        .iter()
-        .filter(|r| r.worktree.is_some() && r.name.starts_with(prefix) && !in_use.contains(&r.name))
-    {
+    for row in rows.iter().filter(|r| {
+        r.worktree.is_some()
+                && r.name.starts_with(prefix)
+                && !in_use.contains(&r.name)
+                // Not pg-isolate's to drop: `remove` takes them with the worktree.
+                && r.kind != "derived"
+                && r.kind != "replaced-by-hand"
+    }) {
         if dry_run {
             println!("would drop {}", row.name);
         } else {

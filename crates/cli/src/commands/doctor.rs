@@ -173,7 +173,21 @@ pub(super) fn run(fix: bool, json: bool) -> Result<ExitCode> {
             .values()
             .filter_map(|e| e.database.as_deref())
             .collect();
-        for database in server.list_databases()? {
+        let all = server.list_databases()?;
+        let names: Vec<&str> = all.iter().map(|d| d.name.as_str()).collect();
+        for entry in doc.entries.values().filter(|e| e.phase == Phase::Ready) {
+            let Some(base) = entry.database.as_deref() else {
+                continue;
+            };
+            findings.extend(worktree_database_findings(
+                &repo, &server, entry, base, &all, &names, fix,
+            ));
+        }
+        for database in all.iter().cloned() {
+            if database.owner.is_none() && referenced.contains(database.name.as_str()) {
+                // Reported above, as the worktree's database replaced by hand.
+                continue;
+            }
             if database.owner.is_none() && database.name.starts_with(server.prefix()) {
                 findings.extend(unrecorded(&server, &database, fix));
                 continue;
@@ -262,15 +276,92 @@ pub(super) fn run(fix: bool, json: bool) -> Result<ExitCode> {
     })
 }
 
+/// A database a test runner derived from a worktree's (Django's or
+/// pytest-django's `test_<name>`, kept by `--keepdb` / `--reuse-db`): shown,
+/// dropped by `--fix` unless the worktree is in use, not a failure.
+const DERIVED_DATABASE: &str = "derived-database";
+
+/// What doctor finds of ready worktree `entry`'s database `base`: replaced
+/// by hand (its exact name without an owner record; `--fix` replaces it
+/// with a fresh clone that carries one), and the databases derived from it.
+fn worktree_database_findings(
+    repo: &Repo,
+    server: &pg_isolate::Server,
+    entry: &crate::state::Entry,
+    base: &str,
+    all: &[pg_isolate::DatabaseInfo],
+    names: &[&str],
+    fix: bool,
+) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let replaced = all.iter().any(|d| d.name == base && d.owner.is_none())
+        && repo.is_worktree_database_name(server, &entry.id, base);
+    if replaced {
+        findings.push(repair(
+            fix,
+            "database-replaced-by-hand",
+            base,
+            format!(
+                "the database of worktree {} carries no owner record (a dropdb + createdb of \
+                 its name?); it is still the worktree's: --fix (or `isolane db reset {}`) \
+                 replaces it with a fresh one from the template",
+                entry.id, entry.id
+            ),
+            || {
+                let template = crate::template::for_worktree(repo, server, &entry.path, false)?;
+                crate::worktree_db::drop_unrecorded(server, base)?;
+                let owner = repo.owner(&entry.id);
+                server.create_database(
+                    base,
+                    pg_isolate::CreateOptions {
+                        template: template.as_ref().map(pg_isolate::Template::name),
+                        label: Some(&owner),
+                        owner_path: Some(&repo.common_dir),
+                        ..pg_isolate::CreateOptions::default()
+                    },
+                )?;
+                Ok(())
+            },
+        ));
+    }
+    for name in crate::worktree_db::derived(base, names) {
+        if entry.is_running() {
+            findings.push(Finding {
+                kind: DERIVED_DATABASE,
+                subject: name.to_owned(),
+                detail: format!(
+                    "derived from {base} by a test runner; worktree {} is in use, so it stays",
+                    entry.id
+                ),
+                fixed: false,
+            });
+            continue;
+        }
+        findings.push(repair(
+            fix,
+            DERIVED_DATABASE,
+            name,
+            format!(
+                "derived from {base} of worktree {} by a test runner (Django, pytest-django \
+                 --reuse-db); --fix drops it, `isolane remove` does too",
+                entry.id
+            ),
+            || crate::worktree_db::drop_unrecorded(server, name),
+        ));
+    }
+    findings
+}
+
 /// A database under the prefix that isolane did not make.
 const FOREIGN_DATABASE: &str = "database-without-record";
 
 /// A database left under its birth name by a killed create.
 const INTERRUPTED_CREATE: &str = "interrupted-database-create";
 
-/// Findings about the whole server, not this repository: shown, and
-/// repaired by `--fix` where that is safe, but they do not fail the check.
-const HOST_WIDE: [&str; 2] = [FOREIGN_DATABASE, INTERRUPTED_CREATE];
+/// Findings about the whole server rather than this repository, and
+/// databases a test runner keeps on purpose: shown, and repaired by `--fix`
+/// where that is safe, but they do not fail the check.
+const HOST_WIDE: [&str; 3] = [FOREIGN_DATABASE, INTERRUPTED_CREATE, DERIVED_DATABASE];
 
 /// A database under the prefix without an owner record: one left under its
 /// birth name by an interrupted create (dropped on `--fix`), or one that

@@ -144,8 +144,13 @@ pub(super) fn run(args: &GcArgs) -> Result<ExitCode> {
         } else {
             "removed"
         };
+        let finished = if args.dry_run {
+            "would finish interrupted operation"
+        } else {
+            "finished interrupted operation"
+        };
         for id in &report.finished {
-            println!("finished interrupted operation: {id}");
+            println!("{finished}: {id}");
         }
         for id in &report.removed {
             println!("{verb}: {id}");
@@ -167,8 +172,13 @@ pub(super) fn run(args: &GcArgs) -> Result<ExitCode> {
         for error in &report.errors {
             println!("failed: {error}");
         }
+        let (removed, finished) = if args.dry_run {
+            ("would remove", "would finish")
+        } else {
+            ("removed", "finished")
+        };
         println!(
-            "gc: {} removed, {} finished, {} kept, {} failed",
+            "gc: {} {removed}, {} {finished}, {} kept, {} failed",
             report.removed.len(),
             report.finished.len(),
             report.skipped.len(),

@@ -5,10 +5,13 @@ mod bad_input;
 mod compare;
 mod concurrency;
 mod crashes;
+mod derived;
+mod django;
 mod processes;
 mod safety;
 mod soak;
 mod storage;
+mod templates;
 mod users;
 mod workflow;
 
@@ -75,6 +78,15 @@ pub(crate) fn ok(dir: &Path, args: &[&str]) -> TestResult<String> {
         .into());
     }
     Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Worktree `id`'s database URL, with its password (`isolane env`).
+pub(crate) fn url_of(dir: &Path, id: &str) -> TestResult<String> {
+    ok(dir, &["env", id])?
+        .lines()
+        .find_map(|l| l.strip_prefix("DATABASE_URL="))
+        .map(str::to_owned)
+        .ok_or_else(|| format!("no DATABASE_URL for {id}").into())
 }
 
 /// Runs isolane with `--json` appended and parses stdout.

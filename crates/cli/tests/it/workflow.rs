@@ -109,8 +109,20 @@ fn create_run_reset_check_rollback_remove() -> TestResult {
     assert!(
         metadata["created"]
             .as_str()
-            .is_some_and(|c| c.ends_with('Z'))
+            .is_some_and(|c| c.ends_with("+00:00")),
+        "Python 3.10's datetime.fromisoformat reads an explicit offset, not Z: {}",
+        metadata["created"]
     );
+    for key in [
+        "PGHOST=",
+        "PGPORT=",
+        "PGUSER=",
+        "PGPASSWORD=",
+        "PGDATABASE=",
+    ] {
+        assert!(env_file.contains(key), "{key} missing from {env_file}");
+    }
+    assert!(env_file.contains(&format!("PGDATABASE={database}\n")));
     assert_eq!(
         std::fs::read_to_string(path.join("hook.txt"))?,
         "hook ran in test-flow-one\n"
@@ -159,6 +171,23 @@ fn create_run_reset_check_rollback_remove() -> TestResult {
         ],
     )?;
     assert_eq!(failed.status.code(), Some(7));
+    // libpq's own variables: psql with no arguments reaches the database.
+    let psql = ok(
+        root,
+        &[
+            "run",
+            "test-flow-one",
+            "--no-services",
+            "--",
+            "psql",
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "select current_database()",
+        ],
+    )?;
+    assert_eq!(psql.trim(), database.as_str());
 
     // db reset: fresh from the template.
     {
@@ -400,5 +429,32 @@ fn databases_of_a_deleted_repository_are_reclaimed_or_taken_over() -> TestResult
     assert_eq!(owners.len(), 1, "only the new clone's lease: {owners:?}");
     ok(root, &["remove", &format!("{purpose}-taken")])?;
     assert!(!names(root)?.contains(&db("taken")));
+    Ok(())
+}
+
+#[test]
+fn gc_dry_run_says_would_remove_and_removes_nothing() -> TestResult {
+    let repo = repo_with_config("[database]\nenabled = false\n")?;
+    let root = repo.path();
+    ok(
+        root,
+        &[
+            "create",
+            "--purpose",
+            "test-dry",
+            "--identifier",
+            "one",
+            "--no-db",
+        ],
+    )?;
+    let said = ok(root, &["gc", "--max-age", "0s", "--dry-run"])?;
+    assert!(said.contains("would remove: test-dry-one"), "{said}");
+    assert!(
+        said.contains("gc: 1 would remove, 0 would finish"),
+        "{said}"
+    );
+    assert!(!said.contains(" removed"), "{said}");
+    assert!(root.join("worktrees/test-dry-one").is_dir());
+    ok(root, &["remove", "test-dry-one"])?;
     Ok(())
 }

@@ -11,6 +11,7 @@ mod birth;
 mod databases;
 mod fuzz;
 mod gc;
+mod lease;
 mod pool;
 mod server;
 mod templates;

@@ -158,3 +158,65 @@ fn different_setups_get_different_templates() -> TestResult {
     server.drop_database(b.name())?;
     Ok(())
 }
+
+#[test]
+fn template_with_is_built_through_its_url_reused_and_rebuilt_on_request() -> TestResult {
+    let server = shared()?;
+    let key = unique_key("by_url");
+    let builds = std::cell::Cell::new(0);
+    let build = |url: &str| -> Result<(), pg_isolate::SetupError> {
+        builds.set(builds.get() + 1);
+        // A connection of the builder's own, as a migration tool makes.
+        let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+        client.batch_execute("CREATE TABLE users (id int); INSERT INTO users VALUES (1)")?;
+        // Left open on purpose: the template must close it.
+        std::mem::forget(client);
+        Ok(())
+    };
+    let first = server.template_with(&key, pg_isolate::TemplateOptions::default(), build)?;
+    assert!(first.build_time().is_some());
+    assert_eq!(
+        server.template_key(&key),
+        (first.key().to_owned(), first.name().to_owned())
+    );
+    let again = server.template_with(&key, pg_isolate::TemplateOptions::default(), build)?;
+    assert_eq!(again.name(), first.name());
+    assert!(again.build_time().is_none());
+    assert_eq!(builds.get(), 1);
+    let mut options = pg_isolate::TemplateOptions::default();
+    options.rebuild = true;
+    let rebuilt = server.template_with(&key, options, build)?;
+    assert_eq!(builds.get(), 2);
+    assert!(rebuilt.build_time().is_some());
+    let found = server
+        .find_template(&key)?
+        .ok_or("the rebuilt template is found")?;
+    assert_eq!(found.name(), first.name());
+    let db = rebuilt.test_database()?;
+    let rows: i64 = db
+        .client()?
+        .query_one("SELECT count(*) FROM users", &[])?
+        .get(0);
+    assert_eq!(rows, 1);
+    drop(db);
+    server.drop_database(first.name())?;
+    assert!(server.find_template(&key)?.is_none());
+    Ok(())
+}
+
+#[test]
+fn failed_template_with_build_leaves_nothing() -> TestResult {
+    let server = shared()?;
+    let key = unique_key("by_url_failing");
+    let result = server.template_with(&key, pg_isolate::TemplateOptions::default(), |url| {
+        let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+        client.batch_execute("CREATE TABLE half (v int)")?;
+        Err("exit status 3".into())
+    });
+    let Err(Error::Setup { template, .. }) = result else {
+        return Err(format!("expected a setup error, got {result:?}").into());
+    };
+    assert!(!server.database_exists(&template)?);
+    assert!(server.find_template(&key)?.is_none());
+    Ok(())
+}
