@@ -202,7 +202,7 @@ pub(super) fn run(fix: bool, json: bool) -> Result<ExitCode> {
                     .unwrap_or_default();
                 findings.push(repair(
                     fix,
-                    "database-of-gone-repository",
+                    GONE_REPOSITORY,
                     name,
                     format!(
                         "its repository {repository} no longer exists; --fix drops it and \
@@ -241,8 +241,9 @@ pub(super) fn run(fix: bool, json: bool) -> Result<ExitCode> {
 
     // What doctor sees of the whole server rather than of this repository
     // (a database isolane did not make; a create killed in any repository
-    // or test suite, which the next automatic cleanup drops) is shown, but
-    // it does not fail this repository's check.
+    // or test suite, which the next automatic cleanup drops; a deleted
+    // repository's databases) is shown, but it does not fail this
+    // repository's check.
     let unresolved = findings
         .iter()
         .filter(|f| !f.fixed && !HOST_WIDE.contains(&f.kind))
@@ -361,7 +362,16 @@ const INTERRUPTED_CREATE: &str = "interrupted-database-create";
 /// Findings about the whole server rather than this repository, and
 /// databases a test runner keeps on purpose: shown, and repaired by `--fix`
 /// where that is safe, but they do not fail the check.
-const HOST_WIDE: [&str; 3] = [FOREIGN_DATABASE, INTERRUPTED_CREATE, DERIVED_DATABASE];
+const HOST_WIDE: [&str; 4] = [
+    FOREIGN_DATABASE,
+    INTERRUPTED_CREATE,
+    DERIVED_DATABASE,
+    GONE_REPOSITORY,
+];
+
+/// A worktree database of a repository deleted without `isolane remove`:
+/// another repository's leftover, which the next `gc` anywhere takes back.
+const GONE_REPOSITORY: &str = "database-of-gone-repository";
 
 /// A database under the prefix without an owner record: one left under its
 /// birth name by an interrupted create (dropped on `--fix`), or one that
