@@ -82,6 +82,26 @@
 //! working directory, so a stale `postmaster.pid` whose pid now belongs to
 //! another cluster's server is never signalled.
 //!
+//! # Async code
+//!
+//! Every function and destructor of the sync API is safe to call from async
+//! code, under either tokio runtime flavour: the `postgres` crate drives its
+//! connections with a runtime of its own, which panics inside another one,
+//! so pg-isolate leaves the caller's runtime before it talks to the server
+//! (`block_in_place` in a multi-thread runtime, a helper thread in a
+//! current-thread one) and drops its connections the same way. Dropping a
+//! [`TestDatabase`] in an async test, even one that panics, drops the
+//! database and never aborts the test binary. What pg-isolate cannot guard
+//! is a `postgres::Client` handed to the caller ([`TestDatabase::client`]):
+//! by the `postgres` crate's rule it must not be used or dropped on a
+//! runtime thread; in async code connect with `tokio_postgres` or sqlx to
+//! [`TestDatabase::url`] instead.
+//!
+//! The `tokio` feature adds an async API that never blocks a worker
+//! (`Server::shared_async`, `Template::test_database_async`,
+//! `Migrations::template_async`, `TestDatabase::client_async` for a
+//! `tokio_postgres::Client`, `TestDatabase::drop_async`).
+//!
 //! # Environment
 //!
 //! | variable | effect |
@@ -121,6 +141,8 @@ pub use migrate::{
 };
 // -- end migrations --
 
+#[cfg(feature = "tokio")]
+mod asynch;
 mod birth;
 mod databases;
 mod embedded;
@@ -129,6 +151,7 @@ mod gc;
 mod names;
 mod owner;
 mod pool;
+mod rt;
 mod server;
 mod template;
 mod testdb;

@@ -9,7 +9,7 @@ use postgres::{Client, NoTls};
 use crate::embedded::{self, EmbeddedOptions, Recovery};
 use crate::gc::TemplateBudget;
 use crate::url::{ServerUrl, redact};
-use crate::{Error, names};
+use crate::{Error, names, rt};
 
 /// The variable holding an admin URL of the server to use instead of the
 /// embedded one.
@@ -128,9 +128,11 @@ impl std::fmt::Debug for Server {
 }
 
 fn connect_url(url: &str) -> Result<Client, Error> {
-    Client::connect(url, NoTls).map_err(|source| Error::Connect {
-        url: redact(url),
-        source,
+    rt::off_runtime(|| {
+        Client::connect(url, NoTls).map_err(|source| Error::Connect {
+            url: redact(url),
+            source,
+        })
     })
 }
 
@@ -139,6 +141,9 @@ impl Server {
     /// `PG_ISOLATE_URL`, else the host's embedded server (attached when
     /// running, started when not).
     pub fn connect(options: ServerOptions) -> Result<Self, Error> {
+        if rt::in_runtime() {
+            return rt::off_runtime(|| Self::connect(options));
+        }
         names::validate_prefix(&options.prefix)?;
         let given = options
             .url
@@ -349,6 +354,9 @@ impl Server {
     /// lives (on a connection of its own; closing it, or the process dying,
     /// releases it). Re-taken on a new connection when the old one was lost.
     pub(crate) fn hold(&self, lock: i64) -> Result<(), Error> {
+        if rt::in_runtime() {
+            return rt::off_runtime(|| self.hold(lock));
+        }
         let mut holds = self
             .inner
             .holds
@@ -382,6 +390,9 @@ impl Server {
     /// Gives up this handle's hold lock `lock`, if it has it (its own gc
     /// is about to drop the template). Returns whether it had it.
     pub(crate) fn release_hold(&self, lock: i64) -> bool {
+        if rt::in_runtime() {
+            return rt::off_runtime(|| self.release_hold(lock));
+        }
         let mut holds = self
             .inner
             .holds
@@ -399,10 +410,13 @@ impl Server {
     }
 
     /// Runs `f` on a pooled admin connection.
-    pub(crate) fn with_admin<T>(
+    pub(crate) fn with_admin<T: Send>(
         &self,
-        mut f: impl FnMut(&mut Client) -> Result<T, Error>,
+        mut f: impl FnMut(&mut Client) -> Result<T, Error> + Send,
     ) -> Result<T, Error> {
+        if rt::in_runtime() {
+            return rt::off_runtime(|| self.with_admin(f));
+        }
         let pooled = self
             .inner
             .idle
@@ -456,6 +470,28 @@ impl Server {
             clause.push_str(strategy.sql());
         }
         clause
+    }
+}
+
+impl Drop for Inner {
+    /// The idle connections each own a runtime of the `postgres` crate,
+    /// which must not be dropped inside the caller's runtime.
+    fn drop(&mut self) {
+        if !rt::in_runtime() {
+            return;
+        }
+        let idle = std::mem::take(
+            self.idle
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let holds = self
+            .holds
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .client
+            .take();
+        rt::off_runtime(move || drop((idle, holds)));
     }
 }
 

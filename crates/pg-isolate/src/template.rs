@@ -78,8 +78,11 @@ impl Server {
     /// half-built database is dropped and the error (or panic) passed on.
     pub fn template<F>(&self, key_material: &[u8], setup: F) -> Result<Template, Error>
     where
-        F: FnOnce(&mut Client) -> Result<(), SetupError>,
+        F: FnOnce(&mut Client) -> Result<(), SetupError> + Send,
     {
+        if crate::rt::in_runtime() {
+            return crate::rt::off_runtime(|| self.template(key_material, setup));
+        }
         let key = Key::new(key_material, self.major_version());
         let name = template_name(self.prefix(), &key.hex);
         let template = Template {

@@ -84,6 +84,13 @@ impl TestDatabase {
         &self.server
     }
 
+    /// Drops the database now (the handle's drop then does nothing).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn drop_now(mut self) -> Result<(), Error> {
+        self.keep = true;
+        self.server.drop_owned(&self.name, false)
+    }
+
     /// Keeps the database after the handle is dropped (it stays ours: `gc`
     /// removes it once this process has exited). Returns its name.
     pub fn keep(mut self) -> String {
