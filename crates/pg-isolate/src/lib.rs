@@ -82,6 +82,29 @@
 //! working directory, so a stale `postmaster.pid` whose pid now belongs to
 //! another cluster's server is never signalled.
 //!
+//! # Tests: `#[pg_isolate::test]`
+//!
+//! ```ignore
+//! #[pg_isolate::test(migrations = "migrations", fixtures("fixtures/users.sql"))]
+//! async fn signup(pool: sqlx::PgPool) -> Result<(), sqlx::Error> { Ok(()) }
+//! ```
+//!
+//! On a `fn` or `async fn` test (an async one runs on a current-thread
+//! tokio runtime of its own). Each argument is made from the test's private
+//! database: [`TestDatabase`], `String` (its URL), and
+//! `postgres::Client` (sync), `tokio_postgres::Client` (async, feature
+//! `tokio`), `sqlx::PgPool` / `sqlx::PgConnection` (async, feature `sqlx`),
+//! `diesel::PgConnection` (sync, feature `diesel`).
+//! `migrations = "dir"` (relative to the crate root; default `migrations`,
+//! and an empty database when that directory does not exist) is read with
+//! [`Format::Auto`]; `fixtures(...)` (relative to the crate root, else to
+//! its `fixtures/`) run after the migrations. Migrations and fixtures are
+//! loaded and hashed once per process into a template
+//! ([`Server::template`], on [`Server::shared`]) and a warm [`Pool`] of its
+//! clones. A test that fails (panics or returns `Err`) keeps its database
+//! when `PG_ISOLATE_KEEP_FAILED` is set; otherwise the database is dropped
+//! when the test ends.
+//!
 //! # Async code
 //!
 //! Every function and destructor of the sync API is safe to call from async
@@ -148,6 +171,12 @@ mod databases;
 mod embedded;
 mod error;
 mod gc;
+#[doc(hidden)]
+pub mod __macro {
+    //! Used by `#[pg_isolate::test]`; not a public API.
+    pub use crate::macro_support::*;
+}
+mod macro_support;
 mod names;
 mod owner;
 mod pool;
@@ -167,3 +196,7 @@ pub use server::{CloneStrategy, Server, ServerOptions, URL_ENV};
 pub use template::{TEMPLATE_FORMAT_VERSION, Template};
 pub use testdb::TestDatabase;
 pub use url::redact as redact_url;
+
+/// A test with a private, migrated database; see the crate docs' section
+/// "Tests".
+pub use pg_isolate_macros::test;
