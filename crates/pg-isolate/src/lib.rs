@@ -57,8 +57,12 @@
 //! owner records are committed synchronously all the same, so a crash never
 //! leaves a database without its record), listens on 127.0.0.1
 //! and on a unix socket in the cluster's `run/`, and accepts password
-//! (SCRAM) connections as `postgres`; the random password is kept in the
-//! cluster's `password` file (mode 600). The first start picks a free port
+//! (SCRAM) connections as `postgres` over TCP; the random password is kept
+//! in the cluster's `password` file (mode 600). On the socket, whose
+//! directory only the server account can enter, no password is asked:
+//! pg-isolate's own connections and [`TestDatabase::url`] use it, so a test
+//! connection costs no SCRAM rounds (tens of milliseconds each in an
+//! unoptimised test binary); [`Server::url`] stays TCP. The first start picks a free port
 //! (in 17000-19999: outside the kernel's ephemeral range, so no outgoing
 //! connection takes it while the server is stopped, and below the range
 //! port-alloc leases from by default) and remembers it in the cluster's `port` file; every later start (after
