@@ -15,6 +15,7 @@ const GROUPS: &[Group] = &[
     ("pg", benches::pg::run),
     ("migrations", benches::migrations::run),
     ("cli", benches::cli::run),
+    ("rust-tests", benches::rust_tests::run_group),
 ];
 
 fn main() -> ExitCode {

@@ -28,6 +28,20 @@ enum SetupFailed {
     },
 }
 
+thread_local! {
+    /// How long this thread's last [`Guard::new`] took.
+    static LAST_HANDOUT: std::cell::Cell<Option<std::time::Duration>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// How long the database hand-out of the test running on this thread took
+/// (everything `#[pg_isolate::test]` does before the arguments are made:
+/// in a fresh process also attaching to the server and finding the
+/// template); for benchmarks.
+pub fn last_handout() -> Option<std::time::Duration> {
+    LAST_HANDOUT.with(std::cell::Cell::get)
+}
+
 /// One process-wide setup: its pool, or why it failed (every test of the
 /// setup fails with the same message).
 type Setup = Arc<OnceLock<Result<Pool, String>>>;
@@ -107,8 +121,12 @@ impl Guard {
         default_migrations: bool,
         fixtures: &[&str],
     ) -> Self {
+        let started = std::time::Instant::now();
         match Self::try_new(manifest_dir, migrations, default_migrations, fixtures) {
-            Ok(guard) => guard,
+            Ok(guard) => {
+                LAST_HANDOUT.with(|last| last.set(Some(started.elapsed())));
+                guard
+            }
             Err(message) => panic!("pg-isolate: {message}"),
         }
     }
