@@ -86,7 +86,7 @@ fn write_crate(dir: &Path, pg_isolate: &Path) -> BenchResult {
         );
         let _ = write!(
             sqlx,
-            "\n#[sqlx::test(migrations = \"sqlx-migrations\")]\nasync fn t{i:02}(pool: sqlx::PgPool) {{\n    \
+            "\n#[sqlx::test(migrations = \"./sqlx-migrations\")]\nasync fn t{i:02}(pool: sqlx::PgPool) {{\n    \
              let n: i64 = sqlx::query_scalar(\"SELECT count(*) FROM entity_0\").fetch_one(&pool).await.unwrap();\n    \
              assert!(n >= 0);\n}}\n"
         );
