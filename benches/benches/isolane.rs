@@ -16,6 +16,7 @@ const GROUPS: &[Group] = &[
     ("migrations", benches::migrations::run),
     ("cli", benches::cli::run),
     ("django", benches::django::run),
+    ("rust-tests", benches::rust_tests::run_group),
 ];
 
 fn main() -> ExitCode {

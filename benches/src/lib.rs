@@ -19,6 +19,7 @@ pub mod migrations;
 pub mod pg;
 pub mod ports;
 pub mod registry;
+pub mod rust_tests;
 pub mod worktree;
 
 /// The error type of benchmark bodies.

@@ -124,6 +124,11 @@ struct Stale {
 #[derive(Debug)]
 pub(crate) struct Attached {
     pub(crate) url: String,
+    /// The same server over its unix socket in `run/`, when it listens
+    /// there: no TCP and (with [`trust_local_socket`]) no password
+    /// exchange, whose SCRAM rounds cost tens of milliseconds in an
+    /// unoptimised test binary.
+    pub(crate) socket_url: Option<String>,
     pub(crate) dir: PathBuf,
     pub(crate) pid: u32,
     pub(crate) major: u32,
@@ -520,7 +525,19 @@ fn attached(
     recovery: Option<Recovery>,
 ) -> Result<Attached, Error> {
     let password = read_password(dir)?;
+    let run_dir = dir.join("run");
+    let socket_url = run_dir
+        .join(format!(".s.PGSQL.{}", run.port))
+        .exists()
+        .then(|| {
+            format!(
+                "postgresql://{SUPERUSER}:{password}@{}:{}",
+                crate::url::percent_encode(&run_dir.display().to_string()),
+                run.port
+            )
+        });
     Ok(Attached {
+        socket_url,
         url: format!("postgresql://{SUPERUSER}:{password}@127.0.0.1:{}", run.port),
         dir: dir.to_owned(),
         pid: run.pid,
@@ -630,6 +647,24 @@ fn remove_tree(path: &Path) -> Result<(), Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io("removing", path, e)),
     }
+}
+
+/// The first line of `pg_hba.conf` that lets clients of the unix socket in
+/// `run/` in without a password: that directory is the server account's,
+/// mode 700, so only it (and root) can reach the socket, as only they can
+/// read the `password` file. TCP connections still need the password.
+const TRUST_LOCAL: &str = "local all all trust # pg-isolate: the socket directory is private\n";
+
+/// Puts [`TRUST_LOCAL`] first in the cluster's `pg_hba.conf` (once; while
+/// no server runs, under the start lock), for clusters made before it was
+/// there. Written in place, so the file keeps its owner and mode.
+fn trust_local_socket(data: &Path) -> Result<(), Error> {
+    let path = data.join("pg_hba.conf");
+    let text = fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
+    if text.starts_with(TRUST_LOCAL) {
+        return Ok(());
+    }
+    fs::write(&path, format!("{TRUST_LOCAL}{text}")).map_err(|e| Error::io("writing", &path, e))
 }
 
 /// Copies the pristine cluster to `data` when there is no cluster yet.
@@ -846,6 +881,7 @@ fn start(
     let started = Instant::now();
     ensure_data(dir, bindir, account)?;
     let data = dir.join("data");
+    trust_local_socket(&data)?;
     let run_dir = dir.join("run");
     let log_dir = dir.join("log");
     for sub in [&run_dir, &log_dir] {

@@ -6,8 +6,9 @@ pub type SetupError = Box<dyn std::error::Error + Send + Sync>;
 /// Everything that can go wrong in pg-isolate.
 ///
 /// Connection URLs in these errors never carry a password: they are shown
-/// with the password replaced by `***`.
-#[derive(Debug, thiserror::Error)]
+/// with the password replaced by `***`. Its `Debug` form is its message and
+/// causes (what `?` into `Box<dyn Error>` prints when a test fails).
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// No PostgreSQL server binaries were found.
@@ -156,6 +157,12 @@ pub enum Error {
         /// The template database.
         template: String,
     },
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        crate::migrate::message_and_causes(self, f)
+    }
 }
 
 impl Error {

@@ -184,6 +184,9 @@ impl Server {
     /// databases ([`Server::create_database`]) are never dropped: a named
     /// database is long-lived by design and dropped by its owner.
     pub fn gc(&self, options: &GcOptions) -> Result<GcReport, Error> {
+        if crate::rt::in_runtime() {
+            return crate::rt::off_runtime(|| self.gc(options));
+        }
         let prefix = self.prefix();
         let databases: Vec<DatabaseInfo> = self
             .list_databases()?

@@ -62,8 +62,12 @@
 //! owner records are committed synchronously all the same, so a crash never
 //! leaves a database without its record), listens on 127.0.0.1
 //! and on a unix socket in the cluster's `run/`, and accepts password
-//! (SCRAM) connections as `postgres`; the random password is kept in the
-//! cluster's `password` file (mode 600). The first start picks a free port
+//! (SCRAM) connections as `postgres` over TCP; the random password is kept
+//! in the cluster's `password` file (mode 600). On the socket, whose
+//! directory only the server account can enter, no password is asked:
+//! pg-isolate's own connections and [`TestDatabase::url`] use it, so a test
+//! connection costs no SCRAM rounds (tens of milliseconds each in an
+//! unoptimised test binary); [`Server::url`] stays TCP. The first start picks a free port
 //! (in 17000-19999: outside the kernel's ephemeral range, so no outgoing
 //! connection takes it while the server is stopped, and below the range
 //! port-alloc leases from by default), holds it as a port-alloc lease of the
@@ -88,6 +92,49 @@
 //! cluster's `postgres` binary with the cluster's data directory as its
 //! working directory, so a stale `postmaster.pid` whose pid now belongs to
 //! another cluster's server is never signalled.
+//!
+//! # Tests: `#[pg_isolate::test]`
+//!
+//! ```ignore
+//! #[pg_isolate::test(migrations = "migrations", fixtures("fixtures/users.sql"))]
+//! async fn signup(pool: sqlx::PgPool) -> Result<(), sqlx::Error> { Ok(()) }
+//! ```
+//!
+//! On a `fn` or `async fn` test (an async one runs on a current-thread
+//! tokio runtime of its own). Each argument is made from the test's private
+//! database: [`TestDatabase`], `String` (its URL), and
+//! `postgres::Client` (sync), `tokio_postgres::Client` (async, feature
+//! `tokio`), `sqlx::PgPool` / `sqlx::PgConnection` (async, feature `sqlx`),
+//! `diesel::PgConnection` (sync, feature `diesel`).
+//! `migrations = "dir"` (relative to the crate root; default `migrations`,
+//! and an empty database when that directory does not exist) is read with
+//! [`Format::Auto`]; `fixtures(...)` (relative to the crate root, else to
+//! its `fixtures/`) run after the migrations. Migrations and fixtures are
+//! loaded and hashed once per process into a template
+//! ([`Server::template`], on [`Server::shared`]) and a warm [`Pool`] of its
+//! clones. A test that fails (panics or returns `Err`) keeps its database
+//! when `PG_ISOLATE_KEEP_FAILED` is set; otherwise the database is dropped
+//! when the test ends.
+//!
+//! # Async code
+//!
+//! Every function and destructor of the sync API is safe to call from async
+//! code, under either tokio runtime flavour: the `postgres` crate drives its
+//! connections with a runtime of its own, which panics inside another one,
+//! so pg-isolate leaves the caller's runtime before it talks to the server
+//! (`block_in_place` in a multi-thread runtime, a helper thread in a
+//! current-thread one) and drops its connections the same way. Dropping a
+//! [`TestDatabase`] in an async test, even one that panics, drops the
+//! database and never aborts the test binary. What pg-isolate cannot guard
+//! is a `postgres::Client` handed to the caller ([`TestDatabase::client`]):
+//! by the `postgres` crate's rule it must not be used or dropped on a
+//! runtime thread; in async code connect with `tokio_postgres` or sqlx to
+//! [`TestDatabase::url`] instead.
+//!
+//! The `tokio` feature adds an async API that never blocks a worker
+//! (`Server::shared_async`, `Template::test_database_async`,
+//! `Migrations::template_async`, `TestDatabase::client_async` for a
+//! `tokio_postgres::Client`, `TestDatabase::drop_async`).
 //!
 //! # Environment
 //!
@@ -128,15 +175,24 @@ pub use migrate::{
 };
 // -- end migrations --
 
+#[cfg(feature = "tokio")]
+mod asynch;
 mod birth;
 mod databases;
 mod embedded;
 mod error;
 mod gc;
 mod lease;
+#[doc(hidden)]
+pub mod __macro {
+    //! Used by `#[pg_isolate::test]`; not a public API.
+    pub use crate::macro_support::*;
+}
+mod macro_support;
 mod names;
 mod owner;
 mod pool;
+mod rt;
 mod server;
 mod template;
 mod testdb;
@@ -152,3 +208,7 @@ pub use server::{CloneStrategy, Server, ServerOptions, URL_ENV};
 pub use template::{TEMPLATE_FORMAT_VERSION, Template, TemplateOptions};
 pub use testdb::TestDatabase;
 pub use url::redact as redact_url;
+
+/// A test with a private, migrated database; see the crate docs' section
+/// "Tests".
+pub use pg_isolate_macros::test;

@@ -205,6 +205,9 @@ impl Pool {
     /// [`PoolOptions::max_bytes`]) or `timeout` passes; returns the number
     /// ready. Useful before timing-sensitive work.
     pub fn wait_filled(&self, timeout: Duration) -> Result<usize, Error> {
+        if crate::rt::in_runtime() {
+            return crate::rt::off_runtime(|| self.wait_filled(timeout));
+        }
         let deadline = Instant::now() + timeout;
         let target = self.target()?;
         loop {
@@ -251,7 +254,10 @@ impl Drop for Pool {
             self.shared.wake.notify_all();
         }
         if let Some(filler) = self.filler.take() {
-            let _ = filler.join();
+            // The filler may be in the middle of a clone.
+            crate::rt::off_runtime(|| {
+                let _ = filler.join();
+            });
         }
     }
 }

@@ -9,7 +9,7 @@ use postgres::{Client, NoTls};
 use crate::embedded::{self, EmbeddedOptions, Recovery};
 use crate::gc::TemplateBudget;
 use crate::url::{ServerUrl, redact};
-use crate::{Error, names};
+use crate::{Error, names, rt};
 
 /// The variable holding an admin URL of the server to use instead of the
 /// embedded one.
@@ -92,6 +92,8 @@ pub struct Server {
 
 pub(crate) struct Inner {
     url: RwLock<ServerUrl>,
+    /// The embedded server over its unix socket, when it can be reached so.
+    socket: RwLock<Option<ServerUrl>>,
     admin_database: String,
     major: u32,
     pub(crate) options: ServerOptions,
@@ -128,9 +130,11 @@ impl std::fmt::Debug for Server {
 }
 
 fn connect_url(url: &str) -> Result<Client, Error> {
-    Client::connect(url, NoTls).map_err(|source| Error::Connect {
-        url: redact(url),
-        source,
+    rt::off_runtime(|| {
+        Client::connect(url, NoTls).map_err(|source| Error::Connect {
+            url: redact(url),
+            source,
+        })
     })
 }
 
@@ -139,23 +143,30 @@ impl Server {
     /// `PG_ISOLATE_URL`, else the host's embedded server (attached when
     /// running, started when not).
     pub fn connect(options: ServerOptions) -> Result<Self, Error> {
+        if rt::in_runtime() {
+            return rt::off_runtime(|| Self::connect(options));
+        }
         names::validate_prefix(&options.prefix)?;
         let given = options
             .url
             .clone()
             .or_else(|| std::env::var(URL_ENV).ok().filter(|u| !u.trim().is_empty()));
-        let (url, admin_database, client, embedded, major) = if let Some(given) = given {
+        let (url, admin_database, client, embedded, major, socket) = if let Some(given) = given {
             let url = ServerUrl::parse(&given)?;
             let admin_database = url.path_database().unwrap_or_else(|| "postgres".to_owned());
             let mut client = connect_url(&url.database(&admin_database))?;
             let major = server_major(&mut client, &admin_database)?;
-            (url, admin_database, client, None, major)
+            (url, admin_database, client, None, major, None)
         } else {
             let attached = embedded::attach(&options.embedded)?;
             let url = ServerUrl::parse(&attached.url)?;
             let admin_database = "postgres".to_owned();
-            // Connect while the start lock is still held (see `Attached`).
-            let client = connect_url(&url.database(&admin_database))?;
+            // Connect while the start lock is still held (see `Attached`):
+            // over the socket when it answers, else over TCP.
+            let (client, socket) = match socket_client(&attached, &admin_database) {
+                Some((client, socket)) => (client, Some(socket)),
+                None => (connect_url(&url.database(&admin_database))?, None),
+            };
             let embedded = Embedded {
                 dir: attached.dir.clone(),
                 pid: RwLock::new(attached.pid),
@@ -163,11 +174,12 @@ impl Server {
             };
             let major = attached.major;
             drop(attached);
-            (url, admin_database, client, Some(embedded), major)
+            (url, admin_database, client, Some(embedded), major, socket)
         };
         let server = Self {
             inner: Arc::new(Inner {
                 url: RwLock::new(url),
+                socket: RwLock::new(socket),
                 admin_database,
                 major,
                 options,
@@ -251,6 +263,20 @@ impl Server {
         self.read_url().database(database)
     }
 
+    /// The URL of `database` that pg-isolate's own connections and test
+    /// databases use: over the embedded server's unix socket when it has
+    /// one (no TCP, no password exchange), else [`Server::url`].
+    pub(crate) fn fast_url(&self, database: &str) -> String {
+        let socket = self
+            .inner
+            .socket
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(|socket| socket.database(database));
+        socket.unwrap_or_else(|| self.url(database))
+    }
+
     /// The server's URL with the password hidden, for messages.
     pub fn redacted_url(&self) -> String {
         redact(&self.url(&self.inner.admin_database))
@@ -264,13 +290,13 @@ impl Server {
 
     /// A new connection to `database`.
     pub fn client(&self, database: &str) -> Result<Client, Error> {
-        match connect_url(&self.url(database)) {
+        match connect_url(&self.fast_url(database)) {
             Ok(client) => Ok(client),
             Err(error) => {
                 // The server answered (wrong database, ...): not a restart.
                 let answered = matches!(&error, Error::Connect { source, .. } if source.as_db_error().is_some());
                 if !answered && self.reattach()? {
-                    connect_url(&self.url(database))
+                    connect_url(&self.fast_url(database))
                 } else {
                     Err(error)
                 }
@@ -336,6 +362,12 @@ impl Server {
         };
         let attached = embedded::attach(&self.inner.options.embedded)?;
         let url = ServerUrl::parse(&attached.url)?;
+        let socket = socket_client(&attached, &self.inner.admin_database).map(|(_, s)| s);
+        *self
+            .inner
+            .socket
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = socket;
         *embedded
             .pid
             .write()
@@ -364,6 +396,9 @@ impl Server {
     /// lives (on a connection of its own; closing it, or the process dying,
     /// releases it). Re-taken on a new connection when the old one was lost.
     pub(crate) fn hold(&self, lock: i64) -> Result<(), Error> {
+        if rt::in_runtime() {
+            return rt::off_runtime(|| self.hold(lock));
+        }
         let mut holds = self
             .inner
             .holds
@@ -395,10 +430,13 @@ impl Server {
     }
 
     /// Runs `f` on a pooled admin connection.
-    pub(crate) fn with_admin<T>(
+    pub(crate) fn with_admin<T: Send>(
         &self,
-        mut f: impl FnMut(&mut Client) -> Result<T, Error>,
+        mut f: impl FnMut(&mut Client) -> Result<T, Error> + Send,
     ) -> Result<T, Error> {
+        if rt::in_runtime() {
+            return rt::off_runtime(|| self.with_admin(f));
+        }
         let pooled = self
             .inner
             .idle
@@ -455,6 +493,28 @@ impl Server {
     }
 }
 
+impl Drop for Inner {
+    /// The idle connections each own a runtime of the `postgres` crate,
+    /// which must not be dropped inside the caller's runtime.
+    fn drop(&mut self) {
+        if !rt::in_runtime() {
+            return;
+        }
+        let idle = std::mem::take(
+            self.idle
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let holds = self
+            .holds
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .client
+            .take();
+        rt::off_runtime(move || drop((idle, holds)));
+    }
+}
+
 /// Whether `error` is a lost connection (not an answer from the server).
 fn connection_lost(error: &Error) -> bool {
     match error {
@@ -465,6 +525,19 @@ fn connection_lost(error: &Error) -> bool {
                 })
         }
         _ => false,
+    }
+}
+
+/// A connection over the embedded server's unix socket and the socket's
+/// URL, when it has one and it answers.
+fn socket_client(attached: &embedded::Attached, database: &str) -> Option<(Client, ServerUrl)> {
+    let socket = ServerUrl::parse(attached.socket_url.as_deref()?).ok()?;
+    match connect_url(&socket.database(database)) {
+        Ok(client) => Some((client, socket)),
+        Err(error) => {
+            tracing::debug!(%error, "the embedded server's socket does not answer; using TCP");
+            None
+        }
     }
 }
 

@@ -89,7 +89,7 @@ impl Server {
     /// half-built database is dropped and the error (or panic) passed on.
     pub fn template<F>(&self, key_material: &[u8], setup: F) -> Result<Template, Error>
     where
-        F: FnOnce(&mut Client) -> Result<(), SetupError>,
+        F: FnOnce(&mut Client) -> Result<(), SetupError> + Send,
     {
         self.template_inner(key_material, false, |name| {
             let mut client = self.client(name)?;
@@ -113,7 +113,7 @@ impl Server {
         build: F,
     ) -> Result<Template, Error>
     where
-        F: FnOnce(&str) -> Result<(), SetupError>,
+        F: FnOnce(&str) -> Result<(), SetupError> + Send,
     {
         self.template_inner(key_material, options.rebuild, |name| {
             Ok(build(&self.url(name)))
@@ -149,8 +149,11 @@ impl Server {
         setup: F,
     ) -> Result<Template, Error>
     where
-        F: FnOnce(&str) -> Result<Result<(), SetupError>, Error>,
+        F: FnOnce(&str) -> Result<Result<(), SetupError>, Error> + Send,
     {
+        if crate::rt::in_runtime() {
+            return crate::rt::off_runtime(|| self.template_inner(key_material, rebuild, setup));
+        }
         let key = Key::new(key_material, self.major_version());
         let name = template_name(self.prefix(), &key.hex);
         let mut template = Template {

@@ -1,5 +1,8 @@
 //! [`TestDatabase`]: a private database for one test, dropped with its handle.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use postgres::Client;
 
 use crate::owner::{DatabaseKind, OwnerRecord};
@@ -14,6 +17,11 @@ pub struct TestDatabase {
     server: Server,
     name: String,
     keep: bool,
+    /// A second handle to a database another handle owns (what
+    /// `#[pg_isolate::test]` gives a test): its drop drops nothing.
+    view: bool,
+    /// Set by [`TestDatabase::keep`] on any handle of the database.
+    kept: Arc<AtomicBool>,
 }
 
 /// Attempts at a fresh random name before giving up.
@@ -60,6 +68,20 @@ impl TestDatabase {
             server: server.clone(),
             name,
             keep: false,
+            view: false,
+            kept: Arc::default(),
+        }
+    }
+
+    /// A handle to the same database that does not drop it: the owner
+    /// (this handle) does, unless either was kept.
+    pub(crate) fn view(&self) -> Self {
+        Self {
+            server: self.server.clone(),
+            name: self.name.clone(),
+            keep: false,
+            view: true,
+            kept: Arc::clone(&self.kept),
         }
     }
 
@@ -68,10 +90,13 @@ impl TestDatabase {
         &self.name
     }
 
-    /// The connection URL, for any client. It contains the password; do not
-    /// log it.
+    /// The connection URL, for any client (sqlx, diesel, tokio-postgres,
+    /// psql): over the embedded server's unix socket when it has one, so
+    /// a connection costs no TCP and no password exchange (whose SCRAM
+    /// rounds take tens of milliseconds in an unoptimised test binary);
+    /// else the server's URL. It contains the password; do not log it.
     pub fn url(&self) -> String {
-        self.server.url(&self.name)
+        self.server.fast_url(&self.name)
     }
 
     /// A new connection to the database.
@@ -84,17 +109,25 @@ impl TestDatabase {
         &self.server
     }
 
+    /// Drops the database now (the handle's drop then does nothing).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn drop_now(mut self) -> Result<(), Error> {
+        self.keep = true;
+        self.server.drop_owned(&self.name, false)
+    }
+
     /// Keeps the database after the handle is dropped (it stays ours: `gc`
     /// removes it once this process has exited). Returns its name.
     pub fn keep(mut self) -> String {
         self.keep = true;
+        self.kept.store(true, Ordering::SeqCst);
         self.name.clone()
     }
 }
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        if self.keep {
+        if self.keep || self.view || self.kept.load(Ordering::SeqCst) {
             return;
         }
         if std::thread::panicking() && self.server.inner.options.keep_failed {

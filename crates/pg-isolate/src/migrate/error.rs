@@ -90,7 +90,11 @@ impl fmt::Display for MigrationFailure {
 }
 
 /// Everything that can go wrong loading, running or verifying migrations.
-#[derive(Debug, thiserror::Error)]
+///
+/// Its `Debug` form is its message followed by its causes, so a test or
+/// `main` returning `Result<_, Box<dyn Error>>` shows what went wrong and
+/// what to do (the variant and its fields are the API to match on).
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum MigrateError {
     /// A file or directory could not be read.
@@ -297,4 +301,26 @@ impl MigrateError {
             _ => None,
         }
     }
+}
+
+impl std::fmt::Debug for MigrateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        message_and_causes(self, f)
+    }
+}
+
+/// Writes `error`'s message and each of its causes on a line of its own:
+/// the `Debug` form of pg-isolate's errors, which is what `?` into
+/// `Box<dyn Error>` prints when a test or `main` fails.
+pub(crate) fn message_and_causes(
+    error: &dyn std::error::Error,
+    f: &mut std::fmt::Formatter<'_>,
+) -> std::fmt::Result {
+    write!(f, "{error}")?;
+    let mut source = error.source();
+    while let Some(cause) = source {
+        write!(f, "\n  caused by: {cause}")?;
+        source = cause.source();
+    }
+    Ok(())
 }

@@ -174,10 +174,9 @@ impl Migration {
 /// - A directory without `down.sql` is irreversible (diesel's `--no-down`);
 ///   an empty script fails when run, as in diesel. Sub-directories without
 ///   `up.sql` are an error, as in diesel; files and dot-entries are ignored.
-/// - Order: diesel sorts versions as strings; pg-isolate sorts all-digit
-///   versions numerically, which is the same order whenever the versions
-///   have the same number of digits (both timestamp styles have 14), and
-///   puts versions with other characters after them, as strings.
+/// - Order: diesel's: the versions with dashes removed, compared as
+///   strings (so `2018-12-31-000000-0000` comes before
+///   `2019-01-01-000000`, whatever their lengths).
 /// - diesel applies the pending migrations whatever the order; so does
 ///   pg-isolate. A recorded version that the directory lacks is ignored
 ///   unless the run has to revert it.
@@ -226,8 +225,10 @@ const RUNNER_FORMAT_VERSION: u32 = 1;
 
 impl Migrations {
     /// Reads the migrations of `dir` in the given format ([`Format::Auto`]
-    /// detects it: sub-directories with an `up.sql` are diesel's, files named
-    /// `<version>_<description>.sql` are sqlx's).
+    /// detects it by each tool's own rule: sub-directories with an `up.sql`
+    /// are diesel's, files named `<integer version>_<description>.sql` are
+    /// sqlx's; anything else, such as a loose `data_seed.sql` beside diesel
+    /// directories, is ignored as the tools ignore it).
     ///
     /// Fails, naming the files involved, on duplicate versions, a reversible
     /// sqlx migration without its down script (or a down without its up),
@@ -237,7 +238,11 @@ impl Migrations {
         let dir = dir.as_ref().to_path_buf();
         let scan = scan(&dir)?;
         let format = match format {
-            Format::Auto => match (scan.diesel.first(), scan.sqlx.first()) {
+            // Each tool's own rule for what is a migration: diesel takes
+            // directories with an `up.sql` and ignores loose files; sqlx
+            // takes `<integer>_<description>.sql` files. A stray
+            // `data_seed.sql` beside diesel directories is neither.
+            Format::Auto => match (scan.diesel.first(), scan.sqlx_valid.first()) {
                 (Some(diesel), Some(sqlx)) => {
                     return Err(MigrateError::AmbiguousFormat {
                         dir,
@@ -353,33 +358,32 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Orders tracked versions: sqlx numerically; diesel numerically when both
-/// are all digits (so `2017-08-31-230457` and `20161115111828` sort
-/// together, and `9` before `10`), otherwise as strings.
+/// Orders migrations as their tool applies them: sqlx by integer version,
+/// diesel by tracked version (dashes removed) as strings.
 fn compare_migrations(a: &Migration, b: &Migration) -> Ordering {
     match (a.sqlx_version, b.sqlx_version) {
         (Some(x), Some(y)) => x.cmp(&y),
-        _ => compare_versions(&a.key, &b.key),
+        _ => a.key.cmp(&b.key),
     }
 }
 
-/// All-digit versions first, numerically; then the others, as strings. (A
-/// total order: mixing numeric and string comparison between the two kinds
-/// is not, and made sorting panic.)
-pub(crate) fn compare_versions(a: &str, b: &str) -> Ordering {
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
-    match (digits(a), digits(b)) {
-        (true, true) => {
-            let (ta, tb) = (a.trim_start_matches('0'), b.trim_start_matches('0'));
-            ta.len()
-                .cmp(&tb.len())
-                .then_with(|| ta.cmp(tb))
-                .then_with(|| a.cmp(b))
-        }
-        (true, false) => Ordering::Less,
-        (false, true) => Ordering::Greater,
-        (false, false) => a.cmp(b),
+/// Orders two tracked versions of `format` the way its tool does: sqlx's as
+/// integers, diesel's as strings (`201812310000000000` before
+/// `20190101000000`, as diesel sorts crates.io's mixed
+/// `YYYY-MM-DD-HHMMSS` and `YYYY-MM-DD-HHMMSS-0000` versions).
+pub(crate) fn compare_tracked(format: Format, a: &str, b: &str) -> Ordering {
+    match (format, a.parse::<i64>(), b.parse::<i64>()) {
+        (Format::Sqlx, Ok(x), Ok(y)) => x.cmp(&y),
+        _ => a.cmp(b),
     }
+}
+
+/// Whether `name` is a migration file as sqlx reads one:
+/// `<VERSION>_<DESCRIPTION>.sql` (or `.up.sql` / `.down.sql`) with an
+/// integer version.
+fn is_sqlx_name(name: &str) -> bool {
+    name.split_once('_')
+        .is_some_and(|(version, rest)| rest.ends_with(".sql") && version.parse::<i64>().is_ok())
 }
 
 struct Scan {
@@ -389,6 +393,9 @@ struct Scan {
     diesel: Vec<PathBuf>,
     /// Regular files named `<something>_<something>.sql`.
     sqlx: Vec<PathBuf>,
+    /// Those of them with an integer version: what sqlx takes for
+    /// migrations (and fails on the others).
+    sqlx_valid: Vec<PathBuf>,
 }
 
 fn scan(dir: &Path) -> Result<Scan, MigrateError> {
@@ -400,6 +407,7 @@ fn scan(dir: &Path) -> Result<Scan, MigrateError> {
         subdirs: Vec::new(),
         diesel: Vec::new(),
         sqlx: Vec::new(),
+        sqlx_valid: Vec::new(),
     };
     for entry in fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
@@ -426,12 +434,16 @@ fn scan(dir: &Path) -> Result<Scan, MigrateError> {
             && let Some((_, rest)) = name.split_once('_')
             && rest.ends_with(".sql")
         {
+            if is_sqlx_name(name) {
+                scan.sqlx_valid.push(path.clone());
+            }
             scan.sqlx.push(path);
         }
     }
     scan.subdirs.sort();
     scan.diesel.sort();
     scan.sqlx.sort();
+    scan.sqlx_valid.sort();
     Ok(scan)
 }
 

@@ -16,6 +16,7 @@ mod templates;
 mod tracking;
 
 pub use diff::{Change, Difference, SchemaDiff};
+pub(crate) use error::message_and_causes;
 pub use error::{Direction, MigrateError, MigrationFailure};
 pub use format::{Format, Migration, Migrations};
 pub use rollback::{

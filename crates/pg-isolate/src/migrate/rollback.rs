@@ -191,6 +191,10 @@ pub fn verify_rollbacks(
     migrations: &Migrations,
     options: &RollbackOptions,
 ) -> Result<RollbackReport, MigrateError> {
+    // Its connections are `postgres` clients: off the caller's runtime.
+    if crate::rt::in_runtime() {
+        return crate::rt::off_runtime(|| verify_rollbacks(server, migrations, options));
+    }
     let started = Instant::now();
     let list = migrations.list();
     let find = |version: &String| {

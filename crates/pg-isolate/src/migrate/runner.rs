@@ -8,7 +8,7 @@ use postgres::Client;
 use postgres::error::ErrorPosition;
 
 use super::error::{Direction, MigrateError, MigrationFailure};
-use super::format::{Format, Migration, Migrations, Script, compare_versions};
+use super::format::{Format, Migration, Migrations, Script, compare_tracked};
 use super::split::{self, Statement};
 use super::tracking::Tracking;
 
@@ -172,7 +172,10 @@ impl Migrations {
             // it has to revert one.
             let must_revert = match target_index {
                 None => true,
-                Some(i) => compare_versions(version, self.list()[i].tracked_version()).is_gt(),
+                Some(i) => {
+                    compare_tracked(self.format(), version, self.list()[i].tracked_version())
+                        .is_gt()
+                }
             };
             if self.format() == Format::Sqlx || must_revert {
                 return Err(MigrateError::AppliedNotFound {

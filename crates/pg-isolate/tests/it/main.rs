@@ -7,6 +7,7 @@ mod migrate_rollback;
 mod migrate_run;
 // -- end migrations tests --
 
+mod asynchronous;
 mod birth;
 mod databases;
 mod fuzz;

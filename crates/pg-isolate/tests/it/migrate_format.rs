@@ -295,3 +295,98 @@ fn unreadable_scripts_name_the_file() -> TestResult {
     assert!(matches!(error, MigrateError::MissingDown { .. }), "{error}");
     Ok(())
 }
+
+/// crates.io's directory: diesel directories of both version shapes
+/// (`YYYY-MM-DD-HHMMSS` and `YYYY-MM-DD-HHMMSS-0000`, 14 and 18 digits
+/// without dashes) and 14-digit ones without dashes, plus a stray loose
+/// `data_*.sql` that diesel ignores.
+#[test]
+fn auto_follows_diesel_rules_and_order_on_mixed_version_shapes() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    for name in [
+        "20140924113530_dumped_migration_1",
+        "2017-08-31-230457_invitations",
+        "2018-12-31-235959-0000_long_shape",
+        "2019-01-01-000000_short_shape",
+        "2019-01-01-000000-0000_long_after_short",
+        "2020-06-01-120000-0000_long_shape_again",
+    ] {
+        write(dir.path(), &format!("{name}/up.sql"), b"SELECT 1;")?;
+        write(dir.path(), &format!("{name}/down.sql"), b"SELECT 1;")?;
+    }
+    write(
+        dir.path(),
+        "data_oauth_github.sql",
+        b"INSERT INTO x VALUES (1);",
+    )?;
+    let m = Migrations::load(dir.path(), Format::Auto)?;
+    assert_eq!(m.format(), Format::Diesel);
+    // diesel's order: versions with dashes removed, compared as strings.
+    let tracked: Vec<&str> = m.list().iter().map(|m| m.tracked_version()).collect();
+    let mut expected = tracked.clone();
+    expected.sort_unstable();
+    assert_eq!(tracked, expected);
+    assert_eq!(
+        tracked,
+        [
+            "20140924113530",
+            "20170831230457",
+            "201812312359590000",
+            "20190101000000",
+            "201901010000000000",
+            "202006011200000000",
+        ]
+    );
+    // Forcing sqlx fails as sqlx does: `data` is no integer version.
+    let error = load_err(dir.path(), Format::Sqlx)?;
+    assert!(
+        matches!(error, MigrateError::InvalidVersion { .. }),
+        "{error}"
+    );
+    Ok(())
+}
+
+/// sqlx: integer versions of any width, in numeric order; files that are
+/// not `<integer>_<description>.sql` make a directory no sqlx one.
+#[test]
+fn auto_follows_sqlx_rules_and_order() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    for name in [
+        "9_nine.sql",
+        "10_ten.sql",
+        "20200101000000_stamp.sql",
+        "0002_two.sql",
+    ] {
+        write(dir.path(), name, b"SELECT 1;")?;
+    }
+    write(dir.path(), "3_three.up.sql", b"SELECT 1;")?;
+    write(dir.path(), "3_three.down.sql", b"SELECT 1;")?;
+    let m = Migrations::load(dir.path(), Format::Auto)?;
+    assert_eq!(m.format(), Format::Sqlx);
+    let tracked: Vec<&str> = m.list().iter().map(|m| m.tracked_version()).collect();
+    assert_eq!(tracked, ["2", "3", "9", "10", "20200101000000"]);
+
+    let stray = tempfile::tempdir()?;
+    write(stray.path(), "data_seed.sql", b"SELECT 1;")?;
+    let error = load_err(stray.path(), Format::Auto)?;
+    assert!(
+        matches!(error, MigrateError::UnknownFormat { .. }),
+        "{error}"
+    );
+    Ok(())
+}
+
+/// The README's pattern (`?` into `Box<dyn Error>`) prints `Debug`: it
+/// must carry the message, hint included.
+#[test]
+fn errors_debug_as_their_message() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    write(dir.path(), "20200101000000_a/up.sql", b"SELECT 1;")?;
+    write(dir.path(), "1_b.sql", b"SELECT 1;")?;
+    let error = load_err(dir.path(), Format::Auto)?;
+    let boxed: Box<dyn std::error::Error> = Box::new(error);
+    let shown = format!("{boxed:?}");
+    assert!(shown.contains("force a format"), "{shown}");
+    assert_eq!(shown, boxed.to_string());
+    Ok(())
+}

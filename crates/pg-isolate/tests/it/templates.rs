@@ -163,9 +163,9 @@ fn different_setups_get_different_templates() -> TestResult {
 fn template_with_is_built_through_its_url_reused_and_rebuilt_on_request() -> TestResult {
     let server = shared()?;
     let key = unique_key("by_url");
-    let builds = std::cell::Cell::new(0);
+    let builds = std::sync::atomic::AtomicUsize::new(0);
     let build = |url: &str| -> Result<(), pg_isolate::SetupError> {
-        builds.set(builds.get() + 1);
+        builds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // A connection of the builder's own, as a migration tool makes.
         let mut client = postgres::Client::connect(url, postgres::NoTls)?;
         client.batch_execute("CREATE TABLE users (id int); INSERT INTO users VALUES (1)")?;
@@ -182,11 +182,11 @@ fn template_with_is_built_through_its_url_reused_and_rebuilt_on_request() -> Tes
     let again = server.template_with(&key, pg_isolate::TemplateOptions::default(), build)?;
     assert_eq!(again.name(), first.name());
     assert!(again.build_time().is_none());
-    assert_eq!(builds.get(), 1);
+    assert_eq!(builds.load(std::sync::atomic::Ordering::Relaxed), 1);
     let mut options = pg_isolate::TemplateOptions::default();
     options.rebuild = true;
     let rebuilt = server.template_with(&key, options, build)?;
-    assert_eq!(builds.get(), 2);
+    assert_eq!(builds.load(std::sync::atomic::Ordering::Relaxed), 2);
     assert!(rebuilt.build_time().is_some());
     let found = server
         .find_template(&key)?

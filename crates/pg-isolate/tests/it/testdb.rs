@@ -176,3 +176,36 @@ fn empty_test_database_without_template() -> TestResult {
     server.drop_database(other.name())?;
     Ok(())
 }
+
+/// A test database's URL reaches the embedded server over its unix socket,
+/// where no password is asked (the socket's directory is private), so a
+/// connection in an unoptimised test binary costs no SCRAM rounds; every
+/// client library understands the percent-encoded socket path.
+#[test]
+fn test_database_url_uses_the_socket_without_a_password() -> TestResult {
+    let server = shared()?;
+    assert!(
+        server.embedded_pid().is_some(),
+        "the suite's server is embedded"
+    );
+    let db = server.test_database()?;
+    let url = db.url();
+    assert!(
+        url.contains("%2F") && url.contains("%2Frun"),
+        "{}",
+        pg_isolate::redact_url(&url)
+    );
+    assert!(
+        !server.url(db.name()).contains("%2F"),
+        "named URLs stay TCP"
+    );
+    // The password taken out: still let in, over the socket.
+    let at = url.find('@').ok_or("the URL names a user")?;
+    let without_password = format!("postgresql://postgres{}", &url[at..]);
+    let mut client = postgres::Client::connect(&without_password, postgres::NoTls)?;
+    let via: Option<String> = client
+        .query_one("SELECT inet_client_addr()::text", &[])?
+        .get(0);
+    assert_eq!(via, None, "a unix socket connection has no client address");
+    Ok(())
+}

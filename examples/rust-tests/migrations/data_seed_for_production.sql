@@ -1,0 +1,1 @@
+-- diesel ignores loose files such as this one; so does pg-isolate.
