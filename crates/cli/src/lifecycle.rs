@@ -338,6 +338,9 @@ pub(crate) struct TornDown {
     pub(crate) branch_deleted: Option<String>,
     pub(crate) database_dropped: Option<String>,
     pub(crate) ports_released: Vec<u16>,
+    /// Where the worktree waits in the warm pool, when it went there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) pooled: Option<std::path::PathBuf>,
 }
 
 /// Removes the worktree, then its database, then its ports, then the
@@ -383,11 +386,14 @@ pub(crate) fn teardown(repo: &Repo, entry: &Entry, how: Teardown) -> Result<Torn
             delete_branch: entry.branch_created && !how.keep_branch,
         };
         let existed = std::fs::symlink_metadata(&entry.path).is_ok();
-        match repo.worktrees.remove(id, options) {
-            Ok(removed) => {
-                progress(format_args!("removed worktree {}", removed.path.display()));
+        // A worktree that was ready goes back to the warm pool when there is
+        // one (a create rolled back, or a remove being finished, does not).
+        let pool = repo.config.worktrees.pool > 0 && previous == Phase::Ready;
+        match retire_worktree(repo, id, options, pool) {
+            Ok((pooled, branch_deleted)) => {
                 done.worktree_removed = true;
-                done.branch_deleted = removed.branch_deleted;
+                done.branch_deleted = branch_deleted;
+                done.pooled = pooled;
             }
             Err(worktree_core::Error::NotFound { .. }) => {}
             Err(failed) if existed && std::fs::symlink_metadata(&entry.path).is_err() => {
@@ -450,6 +456,46 @@ pub(crate) fn teardown(repo: &Repo, entry: &Entry, how: Teardown) -> Result<Torn
         Ok::<_, registry::Error>(())
     })?;
     Ok(done)
+}
+
+/// Removes worktree `id`, or returns it to the warm pool when `pool` (and
+/// it can be pooled: no work at stake, the pool not full), deleting the
+/// files of its last user first (`.env.test`, the metadata file). Returns
+/// the pool slot when pooled, and the branch deleted.
+fn retire_worktree(
+    repo: &Repo,
+    id: &str,
+    options: worktree_core::RemoveOptions,
+    pool: bool,
+) -> std::result::Result<(Option<std::path::PathBuf>, Option<String>), worktree_core::Error> {
+    if !pool {
+        let removed = repo.worktrees.remove(id, options)?;
+        progress(format_args!("removed worktree {}", removed.path.display()));
+        return Ok((None, removed.branch_deleted));
+    }
+    let release = worktree_core::ReleaseOptions {
+        remove: options,
+        forget: vec![
+            repo.config.env_file.clone(),
+            repo.config.metadata_file.clone(),
+        ],
+    };
+    let done = repo.worktrees.release_to_pool_with(id, &release)?;
+    let pooled = match done.outcome {
+        worktree_core::Released::Pooled(slot) => {
+            progress(format_args!(
+                "returned worktree {id} to the pool ({})",
+                slot.display()
+            ));
+            Some(slot)
+        }
+        worktree_core::Released::Removed(removed) => {
+            progress(format_args!("removed worktree {}", removed.path.display()));
+            None
+        }
+        _ => None,
+    };
+    Ok((pooled, done.branch_deleted))
 }
 
 /// Deletes the services' logs of worktree `id` (best effort: they are ours,

@@ -30,7 +30,11 @@
 //!   provably unchanged since it was pooled (stat data of every tracked file
 //!   and directory) or a full status scan finds it clean; pooled worktrees
 //!   are locked, so `git worktree prune` keeps them.
-//!   [`Worktrees::drain_pool`] empties the pool.
+//!   [`Worktrees::release_to_pool_with`] does it under the rules of a
+//!   remove (a worktree with work at stake is never pooled) and deletes
+//!   named files of the last user first; [`Worktrees::pool`] lists the
+//!   pool, [`Worktrees::trim_pool`] trims it (oldest first) and
+//!   [`Worktrees::drain_pool`] empties it.
 //!
 //! Bookkeeping lives in `<git common dir>/isolane/worktree-core/`: a lock
 //! file per worktree id and one for short repository-wide steps, and an
@@ -46,7 +50,8 @@
 //! kills itself with SIGKILL at that step ([`registry::fault_point`]) (`worktree.after_intent`, `worktree.after_branch`,
 //! `worktree.after_admin_dir`, `worktree.after_files`,
 //! `worktree.after_checkout`, `worktree.handout_after_switch`,
-//! `worktree.handout_after_move`, `worktree.release_after_move`,
+//! `worktree.handout_after_move`, `worktree.release_after_intent`,
+//! `worktree.release_after_move`,
 //! `worktree.remove_after_rename`, `worktree.remove_during_trash`).
 //!
 //! ```
@@ -88,6 +93,6 @@ pub use discover::{RepoPaths, discover, resolve_commit};
 pub use error::{Error, Result};
 pub use names::{MAX_NAME_LEN, validate_branch, validate_name};
 pub use worktrees::{
-    CreateRequest, LockInfo, Options, Released, RemoveOptions, Removed, Selection, SkipReason,
-    Worktree, WorktreeInfo, Worktrees,
+    CreateRequest, LockInfo, Options, Release, ReleaseOptions, Released, RemoveOptions, Removed,
+    Selection, SkipReason, Worktree, WorktreeInfo, Worktrees,
 };

@@ -5,6 +5,7 @@ mod bad_input;
 mod compare;
 mod concurrency;
 mod crashes;
+mod pool;
 mod processes;
 mod safety;
 mod soak;
