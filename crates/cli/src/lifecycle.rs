@@ -127,6 +127,7 @@ fn build(
         entry.branch = worktree.branch.clone();
         entry.branch_created = worktree.branch_created;
     })?;
+    copy_ignored(repo, id)?;
     registry::fault_point("create.after_worktree");
 
     let names: Vec<&str> = port_names.iter().map(String::as_str).collect();
@@ -209,6 +210,30 @@ fn build(
         database_url,
         from_pool: worktree.from_pool,
     })
+}
+
+/// Gives the new worktree `id` its copy of the main worktree's ignored
+/// entries named by `[worktrees] copy` and `.worktreeinclude`.
+fn copy_ignored(repo: &Repo, id: &str) -> Result<()> {
+    let copied = repo
+        .worktrees
+        .copy_ignored(id, &repo.config.worktrees.copy)?;
+    if !copied.entries.is_empty() {
+        let stats = copied.stats;
+        progress(format_args!(
+            "copied {} ignored entr{} of the main worktree ({} files, {:.1} MiB, {} reflinked)",
+            copied.entries.len(),
+            if copied.entries.len() == 1 {
+                "y"
+            } else {
+                "ies"
+            },
+            stats.files,
+            stats.bytes as f64 / f64::from(1 << 20),
+            stats.reflinked
+        ));
+    }
+    Ok(())
 }
 
 /// Worktree `id` opened for use by `run` or `compare`: it must be ready and

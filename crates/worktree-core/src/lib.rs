@@ -35,6 +35,13 @@
 //!   named files of the last user first; [`Worktrees::pool`] lists the
 //!   pool, [`Worktrees::trim_pool`] trims it (oldest first) and
 //!   [`Worktrees::drain_pool`] empties it.
+//! - **Copies of ignored files**: [`Worktrees::copy_ignored`] gives a new
+//!   worktree a copy of the main worktree's ignored entries that match
+//!   gitignore-style patterns (given, and those of `.worktreeinclude`):
+//!   dependency directories, build outputs, local `.env` files. Files are
+//!   cloned by reflink (copy-on-write) where the file system supports it,
+//!   else copied, by several threads ([`copy_tree`]); never a tracked file,
+//!   never over anything the worktree has.
 //!
 //! Bookkeeping lives in `<git common dir>/isolane/worktree-core/`: a lock
 //! file per worktree id and one for short repository-wide steps, and an
@@ -82,6 +89,7 @@
 
 mod admin;
 mod checkout;
+mod copy;
 mod discover;
 mod error;
 mod names;
@@ -89,6 +97,7 @@ mod snapshot;
 mod state;
 mod worktrees;
 
+pub use copy::{Copied, CopyStats, WORKTREE_INCLUDE, copy_tree};
 pub use discover::{RepoPaths, discover, resolve_commit};
 pub use error::{Error, Result};
 pub use names::{MAX_NAME_LEN, validate_branch, validate_name};

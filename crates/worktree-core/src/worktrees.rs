@@ -6,6 +6,7 @@ use registry::ProcessIdentity;
 
 use crate::admin::{self, Admin, Head, Sidecar};
 use crate::checkout;
+use crate::copy::{self, Copied};
 use crate::error::{Error, Result, git, io};
 use crate::names::{validate_branch, validate_id, worktree_id};
 use crate::snapshot;
@@ -922,6 +923,46 @@ impl Worktrees {
             removed.push(admin.path);
         }
         Ok((removed, kept))
+    }
+
+    // ----- copies of ignored files -------------------------------------------
+
+    /// Gives worktree `id` a copy of the main worktree's ignored entries
+    /// that match `patterns` (gitignore-style) or the lines of
+    /// `.worktreeinclude` at the main worktree's root: dependency
+    /// directories, build outputs, local `.env` files. Files are cloned by
+    /// reflink where the file system supports it, else copied, in
+    /// parallel; symlinks stay symlinks; modes are kept. Never a tracked
+    /// file, never the worktrees dir, never over anything the worktree
+    /// already has (those entries are skipped). Without patterns (or in a
+    /// bare repository) nothing is read or copied.
+    pub fn copy_ignored(&self, id: &str, patterns: &[String]) -> Result<Copied> {
+        validate_id(id)?;
+        let Some(root) = &self.main_root else {
+            return Ok(Copied::default());
+        };
+        let Some(include) = copy::Include::load(root, patterns)? else {
+            return Ok(Copied::default());
+        };
+        let path = self.path_of(id);
+        if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            return Err(Error::NotFound {
+                id: id.to_owned(),
+                worktrees_dir: self.worktrees_dir.clone(),
+            });
+        }
+        let entries = copy::select(root, &include, &self.worktrees_dir)?;
+        let copied = copy::copy_entries(root, &path, entries)?;
+        tracing::info!(
+            id,
+            entries = copied.entries.len(),
+            skipped = copied.skipped.len(),
+            files = copied.stats.files,
+            reflinked = copied.stats.reflinked,
+            bytes = copied.stats.bytes,
+            "copied ignored entries of the main worktree"
+        );
+        Ok(copied)
     }
 
     // ----- lock -------------------------------------------------------------

@@ -4,6 +4,7 @@
 mod bad_input;
 mod compare;
 mod concurrency;
+mod copy;
 mod crashes;
 mod pool;
 mod processes;
