@@ -121,73 +121,89 @@ fn build(
         "creating worktree {}",
         repo.worktrees.path_of(id).display()
     ));
-    let worktree = repo.worktrees.create(request)?;
-    record(repo, id, |entry| {
-        entry.path = worktree.path.clone();
-        entry.branch = worktree.branch.clone();
-        entry.branch_created = worktree.branch_created;
-    })?;
-    copy_ignored(repo, id)?;
+    // The database does not depend on the worktree: it is made meanwhile
+    // on a thread of its own. Each is recorded as soon as it exists, so a
+    // rollback takes back whichever was made.
+    let (worktree, database_url) = std::thread::scope(|scope| {
+        let database = scope.spawn(|| -> Result<Option<String>> {
+            let database_url = if want_database {
+                let server = repo.server()?;
+                let template = match repo.migrations()? {
+                    Some(migrations) => {
+                        progress(format_args!(
+                            "preparing the template of {} migrations in {}",
+                            migrations.len(),
+                            migrations.dir().display()
+                        ));
+                        Some(migrations.template(&server)?)
+                    }
+                    None => None,
+                };
+                let short = crate::context::database_stem(id);
+                let name = server.database_name(&short)?;
+                let owner = repo.owner(id);
+                let options = pg_isolate::CreateOptions {
+                    template: template.as_ref().map(pg_isolate::Template::name),
+                    label: Some(&owner),
+                    owner_path: Some(&repo.common_dir),
+                    ..pg_isolate::CreateOptions::default()
+                };
+                progress(format_args!("creating database {name}"));
+                match server.create_database(&name, options.clone()) {
+                    Err(pg_isolate::Error::DatabaseExists { .. }) => {
+                        let gone = server
+                            .list_databases()?
+                            .into_iter()
+                            .find(|db| db.name == name && of_gone_repository(db))
+                            .ok_or_else(|| pg_isolate::Error::DatabaseExists {
+                                database: name.clone(),
+                            })?;
+                        progress(format_args!(
+                            "database {name} belongs to a repository that no longer exists on this \
+                             host; taking it over"
+                        ));
+                        take_back(&server, ports, &gone)?;
+                        server.create_database(&name, options)?;
+                    }
+                    created => {
+                        created?;
+                    }
+                }
+                // Recorded only once it is ours: a name taken by someone else
+                // (DatabaseExists) must never reach the rollback's drop. A crash
+                // right here leaves a database labelled with our owner name and no
+                // entry, which `isolane doctor --fix` drops.
+                record(repo, id, |entry| entry.database = Some(name.clone()))?;
+                registry::fault_point("create.after_database");
+                Some(server.url(&name))
+            } else {
+                None
+            };
+            Ok(database_url)
+        });
+        let worktree = (|| -> Result<worktree_core::Worktree> {
+            let worktree = repo.worktrees.create(request)?;
+            record(repo, id, |entry| {
+                entry.path = worktree.path.clone();
+                entry.branch = worktree.branch.clone();
+                entry.branch_created = worktree.branch_created;
+            })?;
+            copy_ignored(repo, id)?;
+            Ok(worktree)
+        })();
+        let database_url = database
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("creating the database of {id} panicked")));
+        (worktree, database_url)
+    });
+    let worktree = worktree?;
+    let database_url = database_url?;
     registry::fault_point("create.after_worktree");
 
     let names: Vec<&str> = port_names.iter().map(String::as_str).collect();
     let lease = ports.lease(&repo.owner(id), &names, port_alloc::Holder::Manual)?;
     record(repo, id, |entry| entry.ports = lease.ports.clone())?;
     registry::fault_point("create.after_ports");
-
-    let database_url = if want_database {
-        let server = repo.server()?;
-        let template = match repo.migrations()? {
-            Some(migrations) => {
-                progress(format_args!(
-                    "preparing the template of {} migrations in {}",
-                    migrations.len(),
-                    migrations.dir().display()
-                ));
-                Some(migrations.template(&server)?)
-            }
-            None => None,
-        };
-        let short = crate::context::database_stem(id);
-        let name = server.database_name(&short)?;
-        let owner = repo.owner(id);
-        let options = pg_isolate::CreateOptions {
-            template: template.as_ref().map(pg_isolate::Template::name),
-            label: Some(&owner),
-            owner_path: Some(&repo.common_dir),
-            ..pg_isolate::CreateOptions::default()
-        };
-        progress(format_args!("creating database {name}"));
-        match server.create_database(&name, options.clone()) {
-            Err(pg_isolate::Error::DatabaseExists { .. }) => {
-                let gone = server
-                    .list_databases()?
-                    .into_iter()
-                    .find(|db| db.name == name && of_gone_repository(db))
-                    .ok_or_else(|| pg_isolate::Error::DatabaseExists {
-                        database: name.clone(),
-                    })?;
-                progress(format_args!(
-                    "database {name} belongs to a repository that no longer exists on this \
-                     host; taking it over"
-                ));
-                take_back(&server, ports, &gone)?;
-                server.create_database(&name, options)?;
-            }
-            created => {
-                created?;
-            }
-        }
-        // Recorded only once it is ours: a name taken by someone else
-        // (DatabaseExists) must never reach the rollback's drop. A crash
-        // right here leaves a database labelled with our owner name and no
-        // entry, which `isolane doctor --fix` drops.
-        record(repo, id, |entry| entry.database = Some(name.clone()))?;
-        registry::fault_point("create.after_database");
-        Some(server.url(&name))
-    } else {
-        None
-    };
 
     let entry = repo.entry(id)?;
     let config = &repo.config;
