@@ -1,7 +1,9 @@
 //! `cli`: `isolane create` end to end (worktree, two leased ports, a
 //! database cloned from a migrated template, `.env.test` and metadata) on the
 //! generated large repository, beside a bare `git worktree add` of the same
-//! commit, interleaved. Both are removed between iterations, untimed.
+//! commit, interleaved. Both are removed between iterations, untimed. Then
+//! the same with `[worktrees] pool = 1`: each create takes the worktree the
+//! previous remove pooled.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -118,8 +120,71 @@ pub fn run(config: &Config, report: &mut Report) -> BenchResult {
     for (path, branch) in &added {
         git_worktree_remove(&repo, path, branch)?;
     }
-    std::fs::remove_file(repo.join("isolane.toml"))?;
     record(report, create, git);
+
+    // With the warm pool: each create takes the worktree the previous
+    // remove pooled (removal and `git worktree remove` untimed), beside
+    // `git worktree add`.
+    std::fs::write(
+        repo.join("isolane.toml"),
+        format!(
+            "worktrees_dir = \"bench-worktrees\"\n[worktrees]\npool = 1\n[database]\nmigrations = \"{}\"\n",
+            migrations.display()
+        ),
+    )?;
+    run_ok(&mut isolane(&[
+        "create",
+        "--purpose",
+        "bench",
+        "--identifier",
+        "seed",
+    ]))?;
+    run_ok(&mut isolane(&["remove", "bench-seed", "--force"]))?;
+    let (mut pooled, mut baseline) = (Vec::new(), Vec::new());
+    for round in 0..=iterations {
+        for side in [round % 2, 1 - round % 2] {
+            if side == 0 {
+                let id = format!("p{round}");
+                let took = crate::time(|| {
+                    run_ok(&mut isolane(&[
+                        "create",
+                        "--purpose",
+                        "bench",
+                        "--identifier",
+                        &id,
+                    ]))
+                })?
+                .0;
+                pooled.push(took);
+                run_ok(&mut isolane(&["remove", &format!("bench-{id}"), "--force"]))?;
+            } else {
+                let (path, branch) = (
+                    git_dir.join(format!("pg{round}")),
+                    format!("bench/cli-pool-{round}"),
+                );
+                baseline.push(crate::time(|| git_worktree_add(&repo, &path, &branch))?.0);
+                git_worktree_remove(&repo, &path, &branch)?;
+            }
+        }
+        if round == 0 {
+            pooled.clear();
+            baseline.clear();
+        }
+    }
+    run_ok(&mut isolane(&["pool", "drain"]))?;
+    std::fs::remove_file(repo.join("isolane.toml"))?;
+    let (pooled, baseline) = (Samples::new(pooled), Samples::new(baseline));
+    report.figure("cli.create_pooled_ms_p50", ms(pooled.percentile(50.0)));
+    report.figure(
+        "cli.create_pooled_vs_git",
+        ratio(pooled.percentile(50.0), baseline.percentile(50.0)),
+    );
+    report.row(Row {
+        group: "cli",
+        subject: "isolane create from the warm pool (worktree + 2 ports + database)".to_owned(),
+        samples: pooled,
+        baseline: Some(("git worktree add".to_owned(), baseline)),
+    });
     Ok(())
 }
 
