@@ -120,7 +120,13 @@ pub fn run(config: &Config, report: &mut Report) -> BenchResult {
     for (path, branch) in &added {
         git_worktree_remove(&repo, path, branch)?;
     }
-    record(report, create, git);
+    record(
+        report,
+        "create",
+        "isolane create (worktree + 2 ports + database from template)",
+        create,
+        git,
+    );
 
     // With the warm pool: each create takes the worktree the previous
     // remove pooled (removal and `git worktree remove` untimed), beside
@@ -173,18 +179,13 @@ pub fn run(config: &Config, report: &mut Report) -> BenchResult {
     }
     run_ok(&mut isolane(&["pool", "drain"]))?;
     std::fs::remove_file(repo.join("isolane.toml"))?;
-    let (pooled, baseline) = (Samples::new(pooled), Samples::new(baseline));
-    report.figure("cli.create_pooled_ms_p50", ms(pooled.percentile(50.0)));
-    report.figure(
-        "cli.create_pooled_vs_git",
-        ratio(pooled.percentile(50.0), baseline.percentile(50.0)),
+    record(
+        report,
+        "create_pooled",
+        "isolane create from the warm pool (worktree + 2 ports + database)",
+        Samples::new(pooled),
+        Samples::new(baseline),
     );
-    report.row(Row {
-        group: "cli",
-        subject: "isolane create from the warm pool (worktree + 2 ports + database)".to_owned(),
-        samples: pooled,
-        baseline: Some(("git worktree add".to_owned(), baseline)),
-    });
     Ok(())
 }
 
@@ -201,17 +202,24 @@ fn git_worktree_remove(repo: &Path, path: &Path, branch: &str) -> BenchResult {
     Ok(())
 }
 
-fn record(report: &mut Report, create: Samples, git: Samples) {
-    report.figure("cli.create_ms_p50", ms(create.percentile(50.0)));
-    report.figure("cli.create_ms_p95", ms(create.percentile(95.0)));
-    report.figure("cli.git_worktree_add_ms_p50", ms(git.percentile(50.0)));
+/// The figures `cli.<key>_ms_p50`, `_p95` and `cli.<key>_vs_git`, the
+/// baseline's p50, and the row.
+fn record(report: &mut Report, key: &str, subject: &str, create: Samples, git: Samples) {
+    report.figure(format!("cli.{key}_ms_p50"), ms(create.percentile(50.0)));
+    report.figure(format!("cli.{key}_ms_p95"), ms(create.percentile(95.0)));
+    let git_key = if key == "create" {
+        "cli.git_worktree_add_ms_p50".to_owned()
+    } else {
+        format!("cli.{key}_git_ms_p50")
+    };
+    report.figure(git_key, ms(git.percentile(50.0)));
     report.figure(
-        "cli.create_vs_git",
+        format!("cli.{key}_vs_git"),
         ratio(create.percentile(50.0), git.percentile(50.0)),
     );
     report.row(Row {
         group: "cli",
-        subject: "isolane create (worktree + 2 ports + database from template)".to_owned(),
+        subject: subject.to_owned(),
         samples: create,
         baseline: Some(("git worktree add".to_owned(), git)),
     });

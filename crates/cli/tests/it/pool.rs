@@ -9,6 +9,7 @@ use std::process::Stdio;
 
 use test_support::{GitRepo, TestResult};
 
+use crate::crashes::killed_at;
 use crate::{database_names, isolane, json, leases, ok, output, repo_with_config};
 
 /// A repository with `[worktrees] pool = size`, `target/` ignored and a
@@ -175,21 +176,6 @@ fn the_pool_is_bounded_and_gc_trims_it_to_the_configured_size() -> TestResult {
     ok(root, &["gc"])?;
     assert_eq!(pooled_paths(root)?, Vec::<PathBuf>::new());
     ok(root, &["remove", "test-pool-d"])?;
-    Ok(())
-}
-
-/// Runs isolane with `args` under `ISOLANE_FAULT=step`: it must die by
-/// SIGKILL there.
-fn killed_at(root: &Path, step: &str, args: &[&str]) -> TestResult {
-    let status = isolane(root)
-        .args(args)
-        .env("ISOLANE_FAULT", step)
-        .status()?;
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(9),
-        "{step}"
-    );
     Ok(())
 }
 

@@ -195,6 +195,18 @@ fn without_patterns_nothing_is_copied() -> TestResult {
     // A bad pattern names where it came from.
     let bad = worktrees.copy_ignored(&created.id, &["[z-a]".to_owned()]);
     assert!(bad.is_err(), "{bad:?}");
+    // Everything ignored, but never the worktrees dir (nor a tracked file).
+    let all = worktrees.copy_ignored(&created.id, &["*".to_owned()])?;
+    assert!(
+        all.entries.iter().any(|e| e == Path::new("target")),
+        "{all:?}"
+    );
+    assert!(
+        all.entries.iter().all(|e| !e.starts_with("worktrees")),
+        "{all:?}"
+    );
+    assert!(!created.path.join("worktrees").exists());
+    assert_eq!(status(&created.path)?, "");
     Ok(())
 }
 
