@@ -12,6 +12,7 @@ const GROUPS: &[Group] = &[
     ("registry", benches::registry::run),
     ("ports", benches::ports::run),
     ("worktree", benches::worktree::run),
+    ("copy", benches::copy::run),
     ("pg", benches::pg::run),
     ("migrations", benches::migrations::run),
     ("cli", benches::cli::run),

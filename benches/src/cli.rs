@@ -1,7 +1,9 @@
 //! `cli`: `isolane create` end to end (worktree, two leased ports, a
 //! database cloned from a migrated template, `.env.test` and metadata) on the
 //! generated large repository, beside a bare `git worktree add` of the same
-//! commit, interleaved. Both are removed between iterations, untimed.
+//! commit, interleaved. Both are removed between iterations, untimed. Then
+//! the same with `[worktrees] pool = 1`: each create takes the worktree the
+//! previous remove pooled.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -127,8 +129,72 @@ pub fn run(config: &Config, report: &mut Report) -> BenchResult {
     for (path, branch) in &added {
         git_worktree_remove(&repo, path, branch)?;
     }
+    record(
+        report,
+        "create",
+        "isolane create (worktree + 2 ports + database from template)",
+        create,
+        git,
+    );
+
+    // With the warm pool: each create takes the worktree the previous
+    // remove pooled (removal and `git worktree remove` untimed), beside
+    // `git worktree add`.
+    std::fs::write(
+        repo.join("isolane.toml"),
+        format!(
+            "worktrees_dir = \"bench-worktrees\"\n[worktrees]\npool = 1\n[database]\nmigrations = \"{}\"\n",
+            migrations.display()
+        ),
+    )?;
+    run_ok(&mut isolane(&[
+        "create",
+        "--purpose",
+        "bench",
+        "--identifier",
+        "seed",
+    ]))?;
+    run_ok(&mut isolane(&["remove", "bench-seed", "--force"]))?;
+    let (mut pooled, mut baseline) = (Vec::new(), Vec::new());
+    for round in 0..=iterations {
+        for side in [round % 2, 1 - round % 2] {
+            if side == 0 {
+                let id = format!("p{round}");
+                let took = crate::time(|| {
+                    run_ok(&mut isolane(&[
+                        "create",
+                        "--purpose",
+                        "bench",
+                        "--identifier",
+                        &id,
+                    ]))
+                })?
+                .0;
+                pooled.push(took);
+                run_ok(&mut isolane(&["remove", &format!("bench-{id}"), "--force"]))?;
+            } else {
+                let (path, branch) = (
+                    git_dir.join(format!("pg{round}")),
+                    format!("bench/cli-pool-{round}"),
+                );
+                baseline.push(crate::time(|| git_worktree_add(&repo, &path, &branch))?.0);
+                git_worktree_remove(&repo, &path, &branch)?;
+            }
+        }
+        if round == 0 {
+            pooled.clear();
+            baseline.clear();
+        }
+    }
+    run_ok(&mut isolane(&["pool", "drain"]))?;
     std::fs::remove_file(repo.join("isolane.toml"))?;
-    record(report, create, git);
+    record(
+        report,
+        "create_pooled",
+        "isolane create from the warm pool (worktree + 2 ports + database)",
+        Samples::new(pooled),
+        Samples::new(baseline),
+    );
     Ok(())
 }
 
@@ -145,17 +211,24 @@ fn git_worktree_remove(repo: &Path, path: &Path, branch: &str) -> BenchResult {
     Ok(())
 }
 
-fn record(report: &mut Report, create: Samples, git: Samples) {
-    report.figure("cli.create_ms_p50", ms(create.percentile(50.0)));
-    report.figure("cli.create_ms_p95", ms(create.percentile(95.0)));
-    report.figure("cli.git_worktree_add_ms_p50", ms(git.percentile(50.0)));
+/// The figures `cli.<key>_ms_p50`, `_p95` and `cli.<key>_vs_git`, the
+/// baseline's p50, and the row.
+fn record(report: &mut Report, key: &str, subject: &str, create: Samples, git: Samples) {
+    report.figure(format!("cli.{key}_ms_p50"), ms(create.percentile(50.0)));
+    report.figure(format!("cli.{key}_ms_p95"), ms(create.percentile(95.0)));
+    let git_key = if key == "create" {
+        "cli.git_worktree_add_ms_p50".to_owned()
+    } else {
+        format!("cli.{key}_git_ms_p50")
+    };
+    report.figure(git_key, ms(git.percentile(50.0)));
     report.figure(
-        "cli.create_vs_git",
+        format!("cli.{key}_vs_git"),
         ratio(create.percentile(50.0), git.percentile(50.0)),
     );
     report.row(Row {
         group: "cli",
-        subject: "isolane create (worktree + 2 ports + database from template)".to_owned(),
+        subject: subject.to_owned(),
         samples: create,
         baseline: Some(("git worktree add".to_owned(), git)),
     });

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub mod cli;
+pub mod copy;
 pub mod django;
 pub mod fixtures;
 pub mod migration_fixture;

@@ -72,6 +72,15 @@ pub(crate) enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// The warm pool of worktrees (`[worktrees] pool` in isolane.toml):
+    /// list it, or drain it.
+    Pool {
+        #[command(subcommand)]
+        command: Option<PoolCommand>,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Databases: reset, migrate, verify rollbacks, list, clean.
     Db {
         #[command(subcommand)]
@@ -215,6 +224,14 @@ pub(crate) enum PortsCommand {
     },
     /// Free the leases of dead processes and expired TTLs.
     Reclaim,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PoolCommand {
+    /// The pooled worktrees (the default).
+    List,
+    /// Delete every pooled worktree (one made dirty by hand is kept).
+    Drain,
 }
 
 #[derive(Debug, Subcommand)]

@@ -30,6 +30,7 @@ pub(crate) struct Config {
     pub(crate) hooks: Hooks,
     pub(crate) gc: Gc,
     pub(crate) run: Run,
+    pub(crate) worktrees: Worktrees,
 }
 
 impl Default for Config {
@@ -44,6 +45,7 @@ impl Default for Config {
             hooks: Hooks::default(),
             gc: Gc::default(),
             run: Run::default(),
+            worktrees: Worktrees::default(),
         }
     }
 }
@@ -203,6 +205,34 @@ impl Default for Gc {
             max_age: Duration::from_secs(24 * 3600),
         }
     }
+}
+
+/// `[worktrees]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Worktrees {
+    /// How many removed worktrees are kept warm for the next create.
+    pub(crate) pool: usize,
+    /// gitignore-style patterns of the main worktree's ignored entries
+    /// that a new worktree gets a copy of (with `.worktreeinclude`'s).
+    #[serde(deserialize_with = "copy_patterns")]
+    pub(crate) copy: Vec<String>,
+    /// Initialise the submodules of a new worktree (recursively); by
+    /// default they are left uninitialised, as `git worktree add` does.
+    pub(crate) submodules: bool,
+}
+
+fn copy_patterns<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    let patterns = Vec::<String>::deserialize(deserializer)?;
+    if let Some(bad) = patterns
+        .iter()
+        .find(|p| p.trim().is_empty() || p.chars().any(char::is_control))
+    {
+        return Err(D::Error::custom(format!(
+            "copy pattern {bad:?} must be a non-empty gitignore-style pattern on one line"
+        )));
+    }
+    Ok(patterns)
 }
 
 /// Why the configuration could not be used.
@@ -599,6 +629,13 @@ venv = true                # activate the worktree's .venv/ for `run` and servic
 [gc]
 purpose_prefix = "test-"
 max_age = "24h"
+
+[worktrees]
+# Removed worktrees kept warm (build outputs and all) for the next create.
+pool = 0
+# Ignored entries of the main worktree copied into each new one (reflinked
+# where the file system can); `.worktreeinclude` at the root adds patterns.
+copy = []                  # e.g. [".env", ".venv", "node_modules", "target"]
 "#;
 
 #[cfg(test)]

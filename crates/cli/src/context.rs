@@ -61,10 +61,13 @@ impl Repo {
             )
         })?;
         let config = Config::load(&root)?;
+        // Every field named, and the rest defaulted for any added later.
+        #[allow(clippy::needless_update)]
         let worktrees = worktree_core::Worktrees::open(
             &root,
             worktree_core::Options {
                 worktrees_dir: Some(root.join(&config.worktrees_dir)),
+                pool_size: config.worktrees.pool,
                 ..worktree_core::Options::default()
             },
         )?;

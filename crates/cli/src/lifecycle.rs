@@ -121,12 +121,29 @@ fn build(
         "creating worktree {}",
         repo.worktrees.path_of(id).display()
     ));
-    let worktree = repo.worktrees.create(request)?;
-    record(repo, id, |entry| {
-        entry.path = worktree.path.clone();
-        entry.branch = worktree.branch.clone();
-        entry.branch_created = worktree.branch_created;
-    })?;
+    // Opening the database server (which may start it, and runs the
+    // automatic cleanup) does not depend on the worktree: it happens
+    // meanwhile, on a thread of its own. The database itself waits for the
+    // checkout, since its template is built from the worktree's own files.
+    let (worktree, server) = std::thread::scope(|scope| {
+        let server = scope.spawn(|| want_database.then(|| repo.server()).transpose());
+        let worktree = (|| -> Result<worktree_core::Worktree> {
+            let worktree = repo.worktrees.create(request)?;
+            record(repo, id, |entry| {
+                entry.path = worktree.path.clone();
+                entry.branch = worktree.branch.clone();
+                entry.branch_created = worktree.branch_created;
+            })?;
+            copy_ignored(repo, id)?;
+            Ok(worktree)
+        })();
+        let server = server
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("opening the database server panicked")));
+        (worktree, server)
+    });
+    let worktree = worktree?;
+    let server = server?;
     registry::fault_point("create.after_worktree");
 
     let names: Vec<&str> = port_names.iter().map(String::as_str).collect();
@@ -137,8 +154,7 @@ fn build(
     record(repo, id, |entry| entry.ports = lease.ports.clone())?;
     registry::fault_point("create.after_ports");
 
-    let database_url = if want_database {
-        let server = repo.server()?;
+    let database_url = if let Some(server) = server {
         // Built from this worktree's own files: its branch's migrations.
         let template = crate::template::for_worktree(repo, &server, &worktree.path, false)?;
         let name = crate::worktree_db::name(&server, id)?;
@@ -202,6 +218,30 @@ fn build(
         database_url,
         from_pool: worktree.from_pool,
     })
+}
+
+/// Gives the new worktree `id` its copy of the main worktree's ignored
+/// entries named by `[worktrees] copy` and `.worktreeinclude`.
+fn copy_ignored(repo: &Repo, id: &str) -> Result<()> {
+    let copied = repo
+        .worktrees
+        .copy_ignored(id, &repo.config.worktrees.copy)?;
+    if !copied.entries.is_empty() {
+        let stats = copied.stats;
+        progress(format_args!(
+            "copied {} ignored entr{} of the main worktree ({} files, {:.1} MiB, {} reflinked)",
+            copied.entries.len(),
+            if copied.entries.len() == 1 {
+                "y"
+            } else {
+                "ies"
+            },
+            stats.files,
+            stats.bytes as f64 / f64::from(1 << 20),
+            stats.reflinked
+        ));
+    }
+    Ok(())
 }
 
 /// Worktree `id` opened for use by `run` or `compare`: it must be ready and
@@ -335,6 +375,9 @@ pub(crate) struct TornDown {
     /// Databases a test runner derived from it (`test_<name>...`), dropped.
     pub(crate) derived_dropped: Vec<String>,
     pub(crate) ports_released: Vec<u16>,
+    /// Where the worktree waits in the warm pool, when it went there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) pooled: Option<std::path::PathBuf>,
 }
 
 /// Removes the worktree, then its database, then its ports, then the
@@ -380,11 +423,14 @@ pub(crate) fn teardown(repo: &Repo, entry: &Entry, how: Teardown) -> Result<Torn
             delete_branch: entry.branch_created && !how.keep_branch,
         };
         let existed = std::fs::symlink_metadata(&entry.path).is_ok();
-        match repo.worktrees.remove(id, options) {
-            Ok(removed) => {
-                progress(format_args!("removed worktree {}", removed.path.display()));
+        // A worktree that was ready goes back to the warm pool when there is
+        // one (a create rolled back, or a remove being finished, does not).
+        let pool = repo.config.worktrees.pool > 0 && previous == Phase::Ready;
+        match retire_worktree(repo, id, options, pool) {
+            Ok((pooled, branch_deleted)) => {
                 done.worktree_removed = true;
-                done.branch_deleted = removed.branch_deleted;
+                done.branch_deleted = branch_deleted;
+                done.pooled = pooled;
             }
             Err(worktree_core::Error::NotFound { .. }) => {}
             Err(failed) if existed && std::fs::symlink_metadata(&entry.path).is_err() => {
@@ -476,6 +522,46 @@ fn info_kept_as_foreign(
 ) -> Result<bool> {
     Ok(done.database_dropped.is_none()
         && server.list_databases()?.iter().any(|d| d.name == database))
+}
+
+/// Removes worktree `id`, or returns it to the warm pool when `pool` (and
+/// it can be pooled: no work at stake, the pool not full), deleting the
+/// files of its last user first (`.env.test`, the metadata file). Returns
+/// the pool slot when pooled, and the branch deleted.
+fn retire_worktree(
+    repo: &Repo,
+    id: &str,
+    options: worktree_core::RemoveOptions,
+    pool: bool,
+) -> std::result::Result<(Option<std::path::PathBuf>, Option<String>), worktree_core::Error> {
+    if !pool {
+        let removed = repo.worktrees.remove(id, options)?;
+        progress(format_args!("removed worktree {}", removed.path.display()));
+        return Ok((None, removed.branch_deleted));
+    }
+    let release = worktree_core::ReleaseOptions {
+        remove: options,
+        forget: vec![
+            repo.config.env_file.clone(),
+            repo.config.metadata_file.clone(),
+        ],
+    };
+    let done = repo.worktrees.release_to_pool_with(id, &release)?;
+    let pooled = match done.outcome {
+        worktree_core::Released::Pooled(slot) => {
+            progress(format_args!(
+                "returned worktree {id} to the pool ({})",
+                slot.display()
+            ));
+            Some(slot)
+        }
+        worktree_core::Released::Removed(removed) => {
+            progress(format_args!("removed worktree {}", removed.path.display()));
+            None
+        }
+        _ => None,
+    };
+    Ok((pooled, done.branch_deleted))
 }
 
 /// Deletes the services' logs of worktree `id` (best effort: they are ours,

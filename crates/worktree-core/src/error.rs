@@ -187,6 +187,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A pattern of what to copy into a new worktree (`.worktreeinclude`,
+    /// or one given) is not a valid gitignore-style pattern.
+    #[error("invalid copy pattern in {origin}")]
+    CopyPattern {
+        /// Where the pattern came from (a file, or `the options`).
+        origin: String,
+        /// What the pattern parser said.
+        #[source]
+        source: ignore::Error,
+    },
     /// Creating a worktree failed; what it had made was rolled back.
     #[error("creating worktree {id} at {path} failed while trying to {step} (rolled back)")]
     CreateFailed {

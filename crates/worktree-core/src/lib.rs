@@ -30,7 +30,18 @@
 //!   provably unchanged since it was pooled (stat data of every tracked file
 //!   and directory) or a full status scan finds it clean; pooled worktrees
 //!   are locked, so `git worktree prune` keeps them.
-//!   [`Worktrees::drain_pool`] empties the pool.
+//!   [`Worktrees::release_to_pool_with`] does it under the rules of a
+//!   remove (a worktree with work at stake is never pooled) and deletes
+//!   named files of the last user first; [`Worktrees::pool`] lists the
+//!   pool, [`Worktrees::trim_pool`] trims it (oldest first) and
+//!   [`Worktrees::drain_pool`] empties it.
+//! - **Copies of ignored files**: [`Worktrees::copy_ignored`] gives a new
+//!   worktree a copy of the main worktree's ignored entries that match
+//!   gitignore-style patterns (given, and those of `.worktreeinclude`):
+//!   dependency directories, build outputs, local `.env` files. Files are
+//!   cloned by reflink (copy-on-write) where the file system supports it,
+//!   else copied, by several threads ([`copy_tree`]); never a tracked file,
+//!   never over anything the worktree has.
 //!
 //! Bookkeeping lives in `<git common dir>/isolane/worktree-core/`: a lock
 //! file per worktree id and one for short repository-wide steps, and an
@@ -49,7 +60,8 @@
 //! kills itself with SIGKILL at that step ([`registry::fault_point`]) (`worktree.after_intent`, `worktree.after_branch`,
 //! `worktree.after_admin_dir`, `worktree.after_files`,
 //! `worktree.after_checkout`, `worktree.handout_after_switch`,
-//! `worktree.handout_after_move`, `worktree.release_after_move`,
+//! `worktree.handout_after_move`, `worktree.release_after_intent`,
+//! `worktree.release_after_move`,
 //! `worktree.remove_after_rename`, `worktree.remove_during_trash`).
 //!
 //! ```
@@ -82,6 +94,7 @@ mod admin;
 mod attributes;
 mod checkout;
 mod convert;
+mod copy;
 mod discover;
 mod error;
 mod names;
@@ -90,10 +103,11 @@ mod sparse;
 mod state;
 mod worktrees;
 
+pub use copy::{Copied, CopyStats, WORKTREE_INCLUDE, copy_tree};
 pub use discover::{RepoPaths, discover, resolve_commit};
 pub use error::{Error, Result};
 pub use names::{MAX_NAME_LEN, validate_branch, validate_name};
 pub use worktrees::{
-    CreateRequest, LockInfo, Options, Released, RemoveOptions, Removed, Selection, SkipReason,
-    Worktree, WorktreeInfo, Worktrees,
+    CreateRequest, LockInfo, Options, Release, ReleaseOptions, Released, RemoveOptions, Removed,
+    Selection, SkipReason, Worktree, WorktreeInfo, Worktrees,
 };

@@ -96,6 +96,10 @@ pub(crate) enum Intent {
         admin: PathBuf,
         /// The commit the pooled worktree's HEAD is detached at.
         head: String,
+        /// A branch to delete once the worktree is pooled, and the commit
+        /// it was at when checked (as for a remove).
+        #[serde(default)]
+        delete_branch: Option<(String, String)>,
     },
     /// A worktree being removed: its directory is renamed to `trash` (a
     /// tombstone) before anything is deleted. Finished when the directory

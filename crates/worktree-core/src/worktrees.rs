@@ -7,6 +7,7 @@ use registry::ProcessIdentity;
 
 use crate::admin::{self, Admin, Head, Sidecar};
 use crate::checkout;
+use crate::copy::{self, Copied};
 use crate::error::{Error, Result, git, io};
 use crate::names::{validate_branch, validate_id, worktree_id};
 use crate::snapshot;
@@ -198,6 +199,34 @@ pub enum Released {
     Pooled(PathBuf),
     /// The pool was full: the worktree was removed.
     Removed(Removed),
+}
+
+/// How [`Worktrees::release_to_pool_with`] retires a worktree.
+#[derive(Debug, Clone, Default)]
+pub struct ReleaseOptions {
+    /// What a remove would do. `delete_branch`: delete the worktree's
+    /// branch once it is pooled (under the rules of a remove: its commits
+    /// then count as work at stake). `force`: a worktree that cannot be
+    /// pooled (uncommitted changes, untracked files, unmerged commits, a
+    /// live lock) is removed as a forced remove would, instead of refused.
+    /// A worktree with work at stake is never pooled.
+    pub remove: RemoveOptions,
+    /// Plain file names (no `/`) in the worktree's root that belong to its
+    /// last user (an environment file, say): deleted before the worktree
+    /// goes into the pool, so that its next user never sees them.
+    pub forget: Vec<String>,
+}
+
+/// What [`Worktrees::release_to_pool_with`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Release {
+    /// Pooled, or removed (the pool was full, or it could not be pooled
+    /// and the remove was forced).
+    pub outcome: Released,
+    /// The branch deleted, if any (for a removal also in
+    /// [`Removed::branch_deleted`]).
+    pub branch_deleted: Option<String>,
 }
 
 /// Why [`Worktrees::select_stale`] kept a worktree.
@@ -706,23 +735,78 @@ impl Worktrees {
     /// [`remove`](Self::remove) when work could be lost; removed instead when
     /// the pool is full.
     pub fn release_to_pool(&self, id: &str) -> Result<Released> {
+        Ok(self
+            .release_to_pool_with(id, &ReleaseOptions::default())?
+            .outcome)
+    }
+
+    /// [`release_to_pool`](Self::release_to_pool) with the options of a
+    /// remove and the files of the last user to delete first. A worktree is
+    /// pooled only when a remove without force would delete it (clean, no
+    /// commits at stake, no live lock held by another process), its
+    /// directory is real and the pool has room; otherwise it is removed as
+    /// `options.remove` says (which refuses work at stake unless forced).
+    /// Crash-safe: the move into the pool (and the branch deletion) is
+    /// recorded first and finished by the next call.
+    pub fn release_to_pool_with(&self, id: &str, options: &ReleaseOptions) -> Result<Release> {
         validate_id(id)?;
+        if let Some(bad) = options.forget.iter().find(|name| {
+            name.is_empty() || *name == "." || *name == ".." || name.contains(['/', '\0'])
+        }) {
+            tracing::debug!(name = %bad, "refusing a file to forget");
+            return Err(Error::InvalidRequest {
+                id: id.to_owned(),
+                reason: "a file to forget must be a plain file name",
+            });
+        }
         let repo = self.repo()?;
         let _repo_lock = self.state.repo_lock()?;
         self.recover_locked(&repo)?;
         let id_lock = self.state.id_lock(id)?;
         let admins = admin::scan(&self.common_dir)?;
         let admin = self.find(id, &admins)?;
-        if self.pooled(&admins).len() >= self.pool_size {
-            let removed = self.remove_locked(&repo, id, &admin, RemoveOptions::default())?;
+        let real_dir = std::fs::symlink_metadata(&admin.path).is_ok_and(|m| m.is_dir())
+            && admin::owns(&admin.dir, &admin.path);
+        let poolable = real_dir
+            && self.pooled(&admins).len() < self.pool_size
+            && self.main_root.as_deref() != Some(admin.path.as_path());
+        let pooled = poolable
+            && match self.check_removable(&repo, id, &admin, false, options.remove.delete_branch) {
+                Ok(()) => true,
+                Err(refused) if !options.remove.force => return Err(refused),
+                Err(_) => false,
+            };
+        let head = resolve_head(&repo, &admin);
+        let Some(head) = head.filter(|_| pooled) else {
+            let removed = self.remove_locked(&repo, id, &admin, options.remove)?;
             id_lock.remove();
-            return Ok(Released::Removed(removed));
+            return Ok(Release {
+                branch_deleted: removed.branch_deleted.clone(),
+                outcome: Released::Removed(removed),
+            });
+        };
+        for name in &options.forget {
+            let file = admin.path.join(name);
+            match std::fs::symlink_metadata(&file) {
+                Ok(metadata) if !metadata.is_dir() => match std::fs::remove_file(&file) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io("remove", &file)(e));
+                    }
+                    _ => {}
+                },
+                _ => {}
+            }
         }
-        self.check_removable(&repo, id, &admin, false, false)?;
-        let head = resolve_head(&repo, &admin).ok_or_else(|| Error::InvalidRequest {
-            id: id.to_owned(),
-            reason: "its HEAD does not resolve to a commit",
-        })?;
+        let delete_branch = options
+            .remove
+            .delete_branch
+            .then(|| admin.head.branch())
+            .flatten()
+            .and_then(|branch| {
+                let found = repo.find_branch(branch, BranchType::Local).ok()?;
+                let commit = found.get().target()?;
+                Some((branch.to_owned(), commit.to_string()))
+            });
         self.own_dir(&self.pool_dir)?;
         std::fs::create_dir_all(&self.pool_dir).map_err(io("create directory", &self.pool_dir))?;
         let mut n = 0;
@@ -739,25 +823,71 @@ impl Worktrees {
             slot: slot.clone(),
             admin: admin.dir.clone(),
             head: head.to_string(),
+            delete_branch,
         };
         self.state.write_intent(&intent)?;
+        registry::fault_point("worktree.release_after_intent");
         finish_release(&intent)?;
+        let branch_deleted = self.delete_released_branch(&repo, &intent)?;
         snapshot::record(&slot, &admin.dir)?;
         self.state.clear_intent(id)?;
         id_lock.remove();
-        tracing::info!(id, slot = %slot.display(), "returned worktree to the pool");
-        Ok(Released::Pooled(slot))
+        tracing::info!(id, slot = %slot.display(), branch_deleted, "returned worktree to the pool");
+        Ok(Release {
+            outcome: Released::Pooled(slot),
+            branch_deleted,
+        })
+    }
+
+    /// Deletes the branch a release recorded, once the worktree is pooled
+    /// (detached): only if it is still at the commit that was checked and
+    /// checked out nowhere. Idempotent. Returns the branch deleted.
+    fn delete_released_branch(&self, repo: &Repository, intent: &Intent) -> Result<Option<String>> {
+        let Intent::Release {
+            delete_branch: Some((branch, commit)),
+            ..
+        } = intent
+        else {
+            return Ok(None);
+        };
+        let admins = admin::scan(&self.common_dir)?;
+        if self.checked_out_in(branch, &admins).is_none()
+            && let Ok(found) = repo.find_branch(branch, BranchType::Local)
+            && found.get().target().map(|t| t.to_string()).as_deref() == Some(commit.as_str())
+        {
+            delete_local_branch(repo, found, branch)?;
+            return Ok(Some(branch.clone()));
+        }
+        Ok(None)
+    }
+
+    /// The pooled worktrees, oldest first (by when they were pooled).
+    pub fn pool(&self) -> Result<Vec<WorktreeInfo>> {
+        let repo = self.repo()?;
+        let mut pooled = self.pooled(&admin::scan(&self.common_dir)?);
+        pooled.sort_by_key(|a| a.sidecar.as_ref().map_or(0, |s| s.created_unix));
+        Ok(pooled.iter().map(|a| self.info(&repo, a)).collect())
     }
 
     /// Removes the pooled worktrees (directory and admin entry); a pooled
     /// worktree that someone made dirty is kept and reported. Returns the
     /// paths removed and the paths kept.
     pub fn drain_pool(&self) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+        self.trim_pool(0)
+    }
+
+    /// Removes pooled worktrees, oldest first, until at most `keep` are
+    /// left (a dirty one is kept and reported, and counts). Returns the
+    /// paths removed and the dirty paths kept.
+    pub fn trim_pool(&self, keep: usize) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
         let repo = self.repo()?;
         let _repo_lock = self.state.repo_lock()?;
         self.recover_locked(&repo)?;
         let (mut removed, mut kept) = (Vec::new(), Vec::new());
-        for admin in self.pooled(&admin::scan(&self.common_dir)?) {
+        let mut pooled = self.pooled(&admin::scan(&self.common_dir)?);
+        // Newest first: the oldest beyond `keep` go.
+        pooled.sort_by_key(|a| std::cmp::Reverse(a.sidecar.as_ref().map_or(0, |s| s.created_unix)));
+        for admin in pooled.into_iter().skip(keep) {
             let present = admin.path.is_dir();
             if present && !dirty_files(&admin.path)?.is_empty() {
                 tracing::warn!(path = %admin.path.display(), "keeping dirty pooled worktree");
@@ -787,6 +917,46 @@ impl Worktrees {
             removed.push(admin.path);
         }
         Ok((removed, kept))
+    }
+
+    // ----- copies of ignored files -------------------------------------------
+
+    /// Gives worktree `id` a copy of the main worktree's ignored entries
+    /// that match `patterns` (gitignore-style) or the lines of
+    /// `.worktreeinclude` at the main worktree's root: dependency
+    /// directories, build outputs, local `.env` files. Files are cloned by
+    /// reflink where the file system supports it, else copied, in
+    /// parallel; symlinks stay symlinks; modes are kept. Never a tracked
+    /// file, never the worktrees dir, never over anything the worktree
+    /// already has (those entries are skipped). Without patterns (or in a
+    /// bare repository) nothing is read or copied.
+    pub fn copy_ignored(&self, id: &str, patterns: &[String]) -> Result<Copied> {
+        validate_id(id)?;
+        let Some(root) = &self.main_root else {
+            return Ok(Copied::default());
+        };
+        let Some(include) = copy::Include::load(root, patterns)? else {
+            return Ok(Copied::default());
+        };
+        let path = self.path_of(id);
+        if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            return Err(Error::NotFound {
+                id: id.to_owned(),
+                worktrees_dir: self.worktrees_dir.clone(),
+            });
+        }
+        let entries = copy::select(root, &include, &self.worktrees_dir)?;
+        let copied = copy::copy_entries(root, &path, entries)?;
+        tracing::info!(
+            id,
+            entries = copied.entries.len(),
+            skipped = copied.skipped.len(),
+            files = copied.stats.files,
+            reflinked = copied.stats.reflinked,
+            bytes = copied.stats.bytes,
+            "copied ignored entries of the main worktree"
+        );
+        Ok(copied)
     }
 
     // ----- lock -------------------------------------------------------------
@@ -1234,7 +1404,10 @@ impl Worktrees {
             }
             tracing::warn!(id, ?intent, "repairing an operation a crash interrupted");
             match &intent {
-                Intent::Release { .. } => finish_release(&intent)?,
+                Intent::Release { .. } => {
+                    finish_release(&intent)?;
+                    self.delete_released_branch(repo, &intent)?;
+                }
                 Intent::Remove { path, admin, .. } if admin::owns(admin, path) => {
                     tracing::info!(
                         id,

@@ -295,6 +295,7 @@ fn prepare(
                     worktree_core::CreateRequest::new(PURPOSE, free_identifier(repo, which)?);
                 request.detach = true;
                 request.base = Some(commit.clone());
+                request.submodules = repo.config.worktrees.submodules;
                 progress(format_args!(
                     "making a worktree for {} at {spec} ({})",
                     which.name(),

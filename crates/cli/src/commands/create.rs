@@ -50,6 +50,7 @@ pub(super) fn run(args: &CreateArgs) -> Result<ExitCode> {
     let mut request = worktree_core::CreateRequest::new(&args.purpose, &args.identifier);
     request.branch = args.branch.clone();
     request.base = args.base.clone();
+    request.submodules = repo.config.worktrees.submodules;
     let created = provision(&repo, &request, &port_names, want_database)?;
     let entry = &created.entry;
     let summary = Summary {

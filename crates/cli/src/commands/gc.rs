@@ -28,6 +28,9 @@ struct Report {
     /// Databases pg-isolate's gc dropped (or would drop): half-created
     /// ones, test databases of dead processes, unused templates, ...
     dropped_databases: Vec<String>,
+    /// Pooled worktrees removed (or that would be) to trim the warm pool
+    /// to `[worktrees] pool`, oldest first.
+    trimmed_pool: Vec<std::path::PathBuf>,
     /// Operations that failed (the rest went on).
     errors: Vec<String>,
     dry_run: bool,
@@ -122,6 +125,18 @@ pub(super) fn run(args: &GcArgs) -> Result<ExitCode> {
         report.removed.push(status.id);
     }
 
+    let keep = repo.config.worktrees.pool;
+    if args.dry_run {
+        let pooled = repo.worktrees.pool()?;
+        let excess = pooled.len().saturating_sub(keep);
+        report.trimmed_pool = pooled.into_iter().take(excess).map(|i| i.path).collect();
+    } else {
+        match repo.worktrees.trim_pool(keep) {
+            Ok((trimmed, _dirty)) => report.trimmed_pool = trimmed,
+            Err(error) => report.errors.push(format!("trimming the pool: {error:#}")),
+        }
+    }
+
     if !args.dry_run {
         for reclaimed in repo.ports()?.reclaim()? {
             report.reclaimed_ports.extend(reclaimed.ports.values());
@@ -154,6 +169,9 @@ pub(super) fn run(args: &GcArgs) -> Result<ExitCode> {
         }
         for id in &report.removed {
             println!("{verb}: {id}");
+        }
+        for path in &report.trimmed_pool {
+            println!("{verb} from the pool: {}", path.display());
         }
         for skipped in &report.skipped {
             println!("kept: {} ({})", skipped.id, skipped.reason);

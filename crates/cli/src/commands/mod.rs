@@ -15,6 +15,7 @@ mod gc;
 mod info;
 mod init;
 mod logs;
+mod pool;
 mod ports;
 mod remove;
 mod run;
@@ -36,6 +37,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::Compare(args) => compare::run(&args),
         Command::Gc(args) => gc::run(&args),
         Command::Ports { command, json } => ports::run(command, json),
+        Command::Pool { command, json } => pool::run(command, json),
         Command::Db { command } => db::run(command),
         Command::Doctor { fix, json } => doctor::run(fix, json),
         Command::Init => init::run(),

@@ -49,7 +49,7 @@ fn assert_gone(repo: &test_support::GitRepo, id: &str, database: &str) -> TestRe
 
 /// Runs isolane with `args` under `ISOLANE_FAULT=step`: it must die by
 /// SIGKILL there.
-fn killed_at(root: &std::path::Path, step: &str, args: &[&str]) -> TestResult {
+pub(crate) fn killed_at(root: &std::path::Path, step: &str, args: &[&str]) -> TestResult {
     let status = isolane(root)
         .args(args)
         .env("ISOLANE_FAULT", step)

@@ -4,9 +4,11 @@
 mod bad_input;
 mod compare;
 mod concurrency;
+mod copy;
 mod crashes;
 mod derived;
 mod django;
+mod pool;
 mod processes;
 mod safety;
 mod soak;

@@ -1,6 +1,7 @@
 //! Integration tests of worktree-core against real repositories and the git
 //! CLI.
 
+mod copy;
 mod crash;
 mod create;
 mod fidelity;

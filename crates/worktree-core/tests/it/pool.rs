@@ -1,7 +1,9 @@
 use std::os::unix::fs::PermissionsExt as _;
 
 use test_support::{GitRepo, TestResult};
-use worktree_core::{CreateRequest, Error, Options, Released, Worktrees};
+use worktree_core::{
+    CreateRequest, Error, Options, ReleaseOptions, Released, RemoveOptions, Worktrees,
+};
 
 use crate::{status, worktree_block};
 
@@ -179,5 +181,74 @@ fn pool_is_bounded_and_refuses_work_at_stake() -> TestResult {
     assert_eq!(removed, [pooled[0].path.clone()]);
     assert!(kept.is_empty() && !pooled[0].path.exists());
     assert!(worktree_block(&repo, &pooled[0].path)?.is_none());
+    Ok(())
+}
+
+#[test]
+fn release_with_options_forgets_files_deletes_the_branch_and_trims_oldest_first() -> TestResult {
+    let repo = two_branches()?;
+    let worktrees = open_pool(&repo, 3)?;
+    let a = worktrees.create(&CreateRequest::new("test", "a"))?;
+    std::fs::write(a.path.join(".env.test"), "SECRET=a\n")?;
+    // An ignored file of the last user: excluded like the CLI's env file.
+    std::fs::write(
+        repo.path().join(".git/info/exclude"),
+        "/worktrees/\n/.env.test\n",
+    )?;
+    let options = ReleaseOptions {
+        remove: RemoveOptions {
+            delete_branch: true,
+            ..RemoveOptions::default()
+        },
+        forget: vec![".env.test".to_owned(), "absent".to_owned()],
+    };
+    let release = worktrees.release_to_pool_with(&a.id, &options)?;
+    let Released::Pooled(slot) = release.outcome else {
+        return Err("expected the worktree to be pooled".into());
+    };
+    assert_eq!(release.branch_deleted.as_deref(), Some("test-a"));
+    assert!(!slot.join(".env.test").exists());
+    assert!(repo.git(["branch", "--list", "test-a"])?.trim().is_empty());
+
+    // A plain name only.
+    let mut fresh = CreateRequest::new("test", "b");
+    fresh.use_pool = false;
+    let b = worktrees.create(&fresh)?;
+    let bad = ReleaseOptions {
+        forget: vec!["../x".to_owned()],
+        ..ReleaseOptions::default()
+    };
+    assert!(matches!(
+        worktrees.release_to_pool_with(&b.id, &bad),
+        Err(Error::InvalidRequest { .. })
+    ));
+    // Work at stake, forced: removed, not pooled.
+    std::fs::write(b.path.join("wip.txt"), "wip\n")?;
+    let forced = ReleaseOptions {
+        remove: RemoveOptions {
+            force: true,
+            ..RemoveOptions::default()
+        },
+        ..ReleaseOptions::default()
+    };
+    assert!(matches!(
+        worktrees.release_to_pool_with(&b.id, &forced)?.outcome,
+        Released::Removed(_)
+    ));
+    assert!(!b.path.exists());
+
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let c = worktrees.create(&CreateRequest::new("test", "c").branch("two"))?;
+    assert!(c.from_pool);
+    let d = worktrees.create(&CreateRequest::new("test", "d"))?;
+    worktrees.release_to_pool(&d.id)?;
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    worktrees.release_to_pool(&c.id)?;
+    assert_eq!(worktrees.pool()?.len(), 2);
+    let newest = worktrees.pool()?.pop().ok_or("pool")?.path;
+    let (removed, kept) = worktrees.trim_pool(1)?;
+    assert_eq!((removed.len(), kept.len()), (1, 0));
+    let left: Vec<_> = worktrees.pool()?.into_iter().map(|i| i.path).collect();
+    assert_eq!(left, [newest]);
     Ok(())
 }
