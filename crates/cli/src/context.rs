@@ -17,6 +17,14 @@ pub(crate) fn database_stem(id: &str) -> String {
     id.replace(['-', '.'], "_")
 }
 
+/// Whether `dir` exists and belongs to the current user: another user's
+/// repository is not ours to write into (as root, files written there
+/// would be root's).
+fn owned_by_us(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).is_ok_and(|m| m.uid() == nix::unistd::geteuid().as_raw())
+}
+
 /// Eight hex digits of the SHA-256 of `path`: a stable, short name for it.
 fn short_hash(path: &Path) -> String {
     let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
@@ -194,7 +202,10 @@ impl Repo {
     pub(crate) fn server_with(&self, cleanup: Cleanup) -> Result<pg_isolate::Server> {
         let server = open_server(&self.config, None, cleanup)?;
         self.refresh_urls(&server);
-        self.follow_server_move(&server);
+        // Other repositories are not a dry run's or a report's to change.
+        if cleanup == Cleanup::Automatic {
+            self.follow_server_move(&server);
+        }
         Ok(server)
     }
 
@@ -249,7 +260,7 @@ impl Repo {
                         .is_some_and(|l| l.starts_with("isolane-"))
             })
             .filter_map(|owner| owner.owner_path)
-            .filter(|dir| *dir != self.common_dir && dir.try_exists().unwrap_or(true))
+            .filter(|dir| *dir != self.common_dir && owned_by_us(dir))
             .collect();
         for dir in repositories {
             match Self::discover_at(&dir) {
@@ -278,7 +289,11 @@ impl Repo {
             let Some(database) = entry.database.as_deref() else {
                 continue;
             };
-            if entry.phase != state::Phase::Ready || self.check_path(entry).is_err() {
+            // Not through a symlink: the file would land where it points.
+            if entry.phase != state::Phase::Ready
+                || self.check_path(entry).is_err()
+                || !entry.has_real_dir()
+            {
                 continue;
             }
             let url = server.url(database);

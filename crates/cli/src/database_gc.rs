@@ -61,8 +61,9 @@ pub(crate) fn of_gone_repository(database: &pg_isolate::DatabaseInfo) -> bool {
 /// Takes back what a deleted repository's worktree held, given its
 /// database ([`of_gone_repository`]): drops the database if it is still the
 /// gone repository's (another process may have taken it over since it was
-/// listed), then releases the port lease of the same owner (the database's
-/// label is the lease owner). Returns the ports released, or `None` if the
+/// listed) with the databases Django and pytest-django derived from it,
+/// then releases the port lease of the same owner (the database's label is
+/// the lease owner). Returns the ports released, or `None` if the
 /// database was no longer the gone repository's.
 pub(crate) fn take_back(
     server: &pg_isolate::Server,
@@ -74,6 +75,10 @@ pub(crate) fn take_back(
     if !server.drop_database_if(&database.name, same_owner)? {
         return Ok(None);
     }
+    // What Django and pytest-django derived from it (`test_<name>`, ...)
+    // went with its repository too; a new worktree of the same name must
+    // not find another branch's test database (`--keepdb`, `--reuse-db`).
+    crate::worktree_db::drop_derived(server, &database.name)?;
     let owner = database.owner.as_ref().and_then(|o| o.label.as_deref());
     Ok(Some(match owner {
         Some(owner) => ports.release_owner(owner)?,

@@ -155,7 +155,9 @@ fn build(
     registry::fault_point("create.after_ports");
 
     let database_url = if let Some(server) = server {
-        // Built from this worktree's own files: its branch's migrations.
+        // A command template is built from this worktree's own files (its
+        // branch's migrations); a migrations directory is read from the
+        // main worktree, as before.
         let template = crate::template::for_worktree(repo, &server, &worktree.path, false)?;
         let name = crate::worktree_db::name(&server, id)?;
         let owner = repo.owner(id);

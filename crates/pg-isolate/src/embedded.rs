@@ -657,14 +657,24 @@ const TRUST_LOCAL: &str = "local all all trust # pg-isolate: the socket director
 
 /// Puts [`TRUST_LOCAL`] first in the cluster's `pg_hba.conf` (once; while
 /// no server runs, under the start lock), for clusters made before it was
-/// there. Written in place, so the file keeps its owner and mode.
-fn trust_local_socket(data: &Path) -> Result<(), Error> {
+/// there. Replaced atomically (a crash leaves the old file or the new one),
+/// then given back to the server account.
+fn trust_local_socket(data: &Path, account: Option<Account>) -> Result<(), Error> {
     let path = data.join("pg_hba.conf");
     let text = fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
     if text.starts_with(TRUST_LOCAL) {
         return Ok(());
     }
-    fs::write(&path, format!("{TRUST_LOCAL}{text}")).map_err(|e| Error::io("writing", &path, e))
+    write_atomic(&path, format!("{TRUST_LOCAL}{text}").as_bytes(), 0o600)?;
+    if let Some(account) = account {
+        std::os::unix::fs::chown(
+            &path,
+            Some(account.uid.as_raw()),
+            Some(account.gid.as_raw()),
+        )
+        .map_err(|e| Error::io("changing owner of", &path, e))?;
+    }
+    Ok(())
 }
 
 /// Copies the pristine cluster to `data` when there is no cluster yet.
@@ -881,14 +891,15 @@ fn start(
     let started = Instant::now();
     ensure_data(dir, bindir, account)?;
     let data = dir.join("data");
-    trust_local_socket(&data)?;
+    trust_local_socket(&data, account)?;
     let run_dir = dir.join("run");
     let log_dir = dir.join("log");
     for sub in [&run_dir, &log_dir] {
-        if !sub.is_dir() {
-            create_dir(sub, 0o700)?;
-            own_dir(sub, account)?;
-        }
+        create_dir(sub, 0o700)?;
+        // At every start, not only the first: the socket in run/ lets its
+        // clients in without a password, so nobody but the server account
+        // (and root) may reach it, whatever mode a restored cache left.
+        own_dir(sub, account)?;
     }
     let password = read_password(dir)?;
     let deadline = started + options.start_timeout;
@@ -975,6 +986,8 @@ fn start(
             .arg(&socket_dir);
         for setting in [
             "listen_addresses=127.0.0.1".to_owned(),
+            // The socket itself, too: its directory is private, and so is it.
+            "unix_socket_permissions=0700".to_owned(),
             format!("max_connections={}", options.max_connections),
             "fsync=off".to_owned(),
             "synchronous_commit=off".to_owned(),

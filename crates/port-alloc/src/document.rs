@@ -13,7 +13,18 @@ pub(crate) struct Leases {
 }
 
 impl registry::Document for Leases {
-    const VERSION: u32 = 1;
+    /// 2: leases held by a path (`Holder::Path`). A program that knows only
+    /// version 1 refuses the document as newer instead of taking a lease it
+    /// cannot parse for damage.
+    const VERSION: u32 = 2;
+
+    fn migrate(from: u32, data: serde_json::Value) -> Result<serde_json::Value, String> {
+        match from {
+            // Every version-1 lease reads as it is.
+            1 => Ok(data),
+            _ => Err(format!("no migration is known from schema version {from}")),
+        }
+    }
 }
 
 /// One owner's lease.
