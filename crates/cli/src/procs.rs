@@ -174,5 +174,15 @@ pub(crate) fn terminate(targets: &[Target], grace: Duration) -> Vec<Target> {
     for target in &stubborn {
         target.signal(Signal::SIGKILL);
     }
+    // A killed process still holds its sockets until the kernel has torn
+    // it down: wait (briefly) for that, so that a caller that goes on to
+    // use its ports finds them free.
+    let deadline = Instant::now() + KILL_WAIT;
+    while stubborn.iter().any(Target::alive) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     stubborn
 }
+
+/// How long [`terminate`] waits for killed processes to be gone.
+const KILL_WAIT: Duration = Duration::from_secs(2);
