@@ -220,13 +220,12 @@ impl Repo {
         if server.embedded_pid().is_none() {
             return;
         }
-        let (Ok(cluster), Ok(ports)) = (
+        // Where `open_ports` keeps the leases, without opening them: this
+        // runs for every command that opens the server.
+        let (Ok(cluster), Ok(state)) = (
             pg_isolate::Server::embedded_dir(&pg_isolate::EmbeddedOptions::default()),
-            self.ports(),
+            port_alloc::default_state_dir(),
         ) else {
-            return;
-        };
-        let Some(state) = ports.path().parent() else {
             return;
         };
         let seen_at = state.join(format!("embedded-server-{}.url", short_hash(&cluster)));

@@ -453,9 +453,10 @@ impl PortAllocator {
     }
 }
 
-/// `$ISOLANE_STATE_DIR`, else `$XDG_STATE_HOME/isolane`, else
+/// The directory of the lease document when [`Options::state_dir`] is not
+/// set: `$ISOLANE_STATE_DIR`, else `$XDG_STATE_HOME/isolane`, else
 /// `$HOME/.local/state/isolane` (empty variables count as unset).
-fn default_state_dir() -> Result<PathBuf, Error> {
+pub fn default_state_dir() -> Result<PathBuf, Error> {
     let var = |name| std::env::var_os(name).filter(|value| !value.is_empty());
     if let Some(dir) = var("ISOLANE_STATE_DIR") {
         return Ok(PathBuf::from(dir));

@@ -61,6 +61,7 @@ mod range;
 
 pub use allocator::{
     BoundLease, Holder, Lease, LeaseInfo, Liveness, Options, PortAllocator, Reclaimed, StaleReason,
+    default_state_dir,
 };
 pub use error::Error;
 pub use range::ephemeral_range;
