@@ -47,7 +47,12 @@ fn here() -> String {
 
 /// A fresh birth name under `prefix` for the calling process.
 pub(crate) fn birth_name(prefix: &str) -> String {
-    let me = ProcessIdentity::current();
+    birth_name_for(prefix, ProcessIdentity::current())
+}
+
+/// A fresh birth name under `prefix` naming process `me` (a helper process
+/// this one started to create databases).
+pub(crate) fn birth_name_for(prefix: &str, me: ProcessIdentity) -> String {
     let stem = format!(
         "{prefix}{MARKER}{}.{:x}.{:x}.",
         here(),

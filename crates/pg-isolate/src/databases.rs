@@ -121,10 +121,7 @@ impl Server {
         record: &OwnerRecord,
     ) -> Result<(), Error> {
         let birth = birth::birth_name(self.prefix());
-        let mut sql = format!("CREATE DATABASE {}", names::ident(&birth));
-        if let Some(template) = template {
-            sql.push_str(&self.template_clause(template, strategy));
-        }
+        let (sql, finish) = self.creation_sql(&birth, name, template, strategy, record);
         let mut attempt = 0;
         self.with_admin(|client| {
             attempt += 1;
@@ -137,14 +134,6 @@ impl Server {
             }
         })?;
         registry::fault_point("pg_isolate.create.after_create");
-        let finish = format!(
-            // One simple query is one implicit transaction: the record and
-            // the final name appear together or not at all.
-            "{}; ALTER DATABASE {} RENAME TO {}",
-            comment_sql(&birth, record),
-            names::ident(&birth),
-            names::ident(name)
-        );
         let mut attempt = 0;
         let finished = self.with_admin(|client| {
             attempt += 1;
@@ -171,6 +160,31 @@ impl Server {
         }
         tracing::debug!(database = name, template, kind = ?record.kind, "created database");
         Ok(())
+    }
+
+    /// The two steps of creating database `name` under birth name `birth`:
+    /// the `CREATE DATABASE`, and the owner record with the rename to
+    /// `name` as one simple query (one implicit transaction: the record
+    /// and the final name appear together or not at all).
+    pub(crate) fn creation_sql(
+        &self,
+        birth: &str,
+        name: &str,
+        template: Option<&str>,
+        strategy: Option<CloneStrategy>,
+        record: &OwnerRecord,
+    ) -> (String, String) {
+        let mut create = format!("CREATE DATABASE {}", names::ident(birth));
+        if let Some(template) = template {
+            create.push_str(&self.template_clause(template, strategy));
+        }
+        let finish = format!(
+            "{}; ALTER DATABASE {} RENAME TO {}",
+            comment_sql(birth, record),
+            names::ident(birth),
+            names::ident(name)
+        );
+        (create, finish)
     }
 
     /// Drops database `name` (see [`Server::database_name`]), terminating

@@ -130,6 +130,8 @@ pub(crate) struct Attached {
     /// unoptimised test binary.
     pub(crate) socket_url: Option<String>,
     pub(crate) dir: PathBuf,
+    /// The `psql` beside the server's binaries (else the one on `PATH`).
+    pub(crate) psql: PathBuf,
     pub(crate) pid: u32,
     pub(crate) major: u32,
     /// Set when this attach cleaned up after a server that had crashed.
@@ -505,20 +507,21 @@ pub(crate) fn attach(options: &EmbeddedOptions) -> Result<Attached, Error> {
     let lock_file = open_lock(&dir)?;
     lock(&lock_file, false, &dir)?;
     if let Some(run) = running(&data, &bindir) {
-        return attached(&dir, run, lock_file, major, None);
+        return attached(&dir, &bindir, run, lock_file, major, None);
     }
     drop(lock_file);
     let lock_file = open_lock(&dir)?;
     lock(&lock_file, true, &dir)?;
     if let Some(run) = running(&data, &bindir) {
-        return attached(&dir, run, lock_file, major, None);
+        return attached(&dir, &bindir, run, lock_file, major, None);
     }
     let (run, recovery) = start(options, &dir, &bindir, account)?;
-    attached(&dir, run, lock_file, major, recovery)
+    attached(&dir, &bindir, run, lock_file, major, recovery)
 }
 
 fn attached(
     dir: &Path,
+    bindir: &Path,
     run: Running,
     lock: File,
     major: u32,
@@ -540,6 +543,7 @@ fn attached(
         socket_url,
         url: format!("postgresql://{SUPERUSER}:{password}@127.0.0.1:{}", run.port),
         dir: dir.to_owned(),
+        psql: psql_path(bindir),
         pid: run.pid,
         major,
         recovery,
@@ -741,7 +745,7 @@ echo "$pm"
 /// callers may have written down (an `.env` file, say).
 const PORT_FILE: &str = "port";
 
-fn remembered_port(dir: &Path) -> Option<u16> {
+pub(crate) fn remembered_port(dir: &Path) -> Option<u16> {
     fs::read_to_string(dir.join(PORT_FILE))
         .ok()?
         .trim()
@@ -998,6 +1002,9 @@ fn start(
             "checkpoint_timeout=1h".to_owned(),
             "log_min_messages=warning".to_owned(),
             "log_checkpoints=off".to_owned(),
+            // Loaded once by the postmaster instead of by every backend
+            // on its first `DO` block (a pool claim is one).
+            "shared_preload_libraries=plpgsql".to_owned(),
         ] {
             command.arg("-c").arg(setting);
         }

@@ -3,10 +3,10 @@
 //! Nothing without our owner record or outside the server's prefix is
 //! touched, and named databases are never collected.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use crate::owner::{DatabaseKind, now};
+use crate::owner::{DatabaseKind, OwnerRecord, now};
 use crate::template::{hold_lock, ready_owner, template_name};
 use crate::{DatabaseInfo, Error, Server, birth, names};
 
@@ -202,7 +202,8 @@ impl Server {
         let older_than = |created: u64, age: Option<Duration>| {
             age.is_some_and(|age| now.saturating_sub(created) > age.as_secs())
         };
-        let over_budget = self.over_budget(&databases)?;
+        let clone_use = clone_use(&databases);
+        let over_budget = self.over_budget(&databases, &clone_use)?;
         let mut report = GcReport::default();
         // Templates first, so the pool clones of a template dropped now
         // are dropped in the same pass.
@@ -261,7 +262,7 @@ impl Server {
                     }
                 }
                 DatabaseKind::Template => {
-                    let last_used = owner.last_used.unwrap_or(owner.created);
+                    let last_used = last_use(owner, &clone_use);
                     let reason = if !ready_templates.contains(&info.name) {
                         (owner.owner_gone() == Some(true)).then_some(GcReason::HalfBuiltTemplate)
                     } else if older_than(last_used, options.template_max_idle) {
@@ -373,14 +374,18 @@ impl Server {
 
     /// The ready templates beyond the [`TemplateBudget`]: least recently
     /// used first out, never one with test databases of a running process.
-    fn over_budget(&self, databases: &[DatabaseInfo]) -> Result<HashSet<String>, Error> {
+    fn over_budget(
+        &self,
+        databases: &[DatabaseInfo],
+        clone_use: &HashMap<&str, u64>,
+    ) -> Result<HashSet<String>, Error> {
         let budget = self.inner.options.template_budget;
         let mut templates: Vec<(u64, u64, &str, Option<&str>)> = databases
             .iter()
             .filter_map(|info| {
                 let owner = ready_owner(info)?;
                 Some((
-                    owner.last_used.unwrap_or(owner.created),
+                    last_use(&owner, clone_use),
                     owner.created,
                     info.name.as_str(),
                     info.owner.as_ref()?.template_key.as_deref(),
@@ -506,4 +511,32 @@ fn entry(info: &DatabaseInfo, reason: GcReason) -> GcEntry {
         kind: info.owner.as_ref().map(|o| o.kind),
         reason,
     }
+}
+
+/// The newest creation time of a test database or pool clone, per
+/// template key: a template is in use while its clones are made and
+/// claimed (a claim records a new creation time), even by callers that
+/// never look the template up (a remembered `#[pg_isolate::test]` setup).
+fn clone_use(databases: &[DatabaseInfo]) -> HashMap<&str, u64> {
+    let mut newest: HashMap<&str, u64> = HashMap::new();
+    for owner in databases.iter().filter_map(|info| info.owner.as_ref()) {
+        if matches!(owner.kind, DatabaseKind::Test | DatabaseKind::Pool)
+            && let Some(key) = owner.template_key.as_deref()
+        {
+            let at = newest.entry(key).or_default();
+            *at = (*at).max(owner.created);
+        }
+    }
+    newest
+}
+
+/// When a template was last used: its own record's `last_used` or its
+/// clones' newest creation, whichever is later.
+fn last_use(template: &OwnerRecord, clone_use: &HashMap<&str, u64>) -> u64 {
+    let own = template.last_used.unwrap_or(template.created);
+    template
+        .template_key
+        .as_deref()
+        .and_then(|key| clone_use.get(key))
+        .map_or(own, |&clones| own.max(clones))
 }

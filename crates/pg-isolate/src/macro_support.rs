@@ -2,13 +2,21 @@
 //! may change in any release).
 //!
 //! Per process, each distinct setup (migrations directory and fixtures) is
-//! loaded, hashed and turned into a template and a warm [`Pool`] once; every
-//! test then claims a ready clone from the pool.
+//! turned into a template and a warm [`Pool`] once; every test then claims
+//! a ready clone from the pool. Across processes (nextest runs each test in
+//! a process of its own) the setup's template key is remembered with the
+//! metadata of every file and directory it was made from (in
+//! [`Server::state_dir`]'s `setups/`): a process whose files all still
+//! match skips reading and hashing the migrations and claims a clone in
+//! one round trip.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use serde::{Deserialize, Serialize};
 
 use crate::{
     Error, Format, MigrateError, Migrations, Pool, PoolOptions, Server, Target, TestDatabase,
@@ -42,12 +50,28 @@ pub fn last_handout() -> Option<std::time::Duration> {
     LAST_HANDOUT.with(std::cell::Cell::get)
 }
 
-/// One process-wide setup: its pool, or why it failed (every test of the
-/// setup fails with the same message).
-type Setup = Arc<OnceLock<Result<Pool, String>>>;
+/// A setup's migrations directory (when it has one) and fixture files.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SetupFiles {
+    migrations: Option<PathBuf>,
+    fixtures: Vec<PathBuf>,
+}
 
-/// The setups of this process, by migrations directory and fixtures.
-type Setups = Mutex<HashMap<(PathBuf, Vec<PathBuf>), Setup>>;
+/// The pool of one setup, once prepared.
+#[derive(Debug)]
+struct Prepared {
+    pool: Pool,
+    /// Made from a remembered key, without loading the migrations.
+    remembered: bool,
+}
+
+/// One process-wide setup: its pool, or why it failed (every test of the
+/// setup fails with the same message). Replaced once when a remembered
+/// template turns out to be gone.
+type Setup = Arc<Mutex<Option<Result<Arc<Prepared>, String>>>>;
+
+/// The setups of this process.
+type Setups = Mutex<HashMap<SetupFiles, Setup>>;
 
 fn setups() -> &'static Setups {
     static SETUPS: OnceLock<Setups> = OnceLock::new();
@@ -69,39 +93,254 @@ fn fixture_path(manifest_dir: &Path, name: &str) -> PathBuf {
     }
 }
 
-fn build(migrations: Option<&Path>, fixtures: &[PathBuf]) -> Result<Pool, SetupFailed> {
-    let server = Server::shared()?;
-    let loaded = match migrations {
-        Some(dir) => Some(Migrations::load(dir, Format::Auto)?),
-        None => None,
-    };
-    let mut scripts = Vec::with_capacity(fixtures.len());
-    for path in fixtures {
-        let sql = std::fs::read_to_string(path).map_err(|source| SetupFailed::Fixture {
-            path: path.clone(),
-            source,
-        })?;
-        scripts.push(sql);
+/// What a remembered setup's key is valid for: the key derivation of this
+/// module and of templates.
+fn key_version() -> String {
+    format!(
+        "pg-isolate test macro v1, template format {}",
+        crate::TEMPLATE_FORMAT_VERSION
+    )
+}
+
+/// A setup's template key with the metadata of every file and directory
+/// it was made from, as remembered in the server's state directory.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct Remembered {
+    version: String,
+    key: String,
+    stamps: Vec<Stamp>,
+}
+
+/// The id of the nextest run this process is a test of.
+fn nextest_run() -> Option<String> {
+    std::env::var("NEXTEST_RUN_ID")
+        .ok()
+        .filter(|id| !id.is_empty())
+}
+
+/// What changes when a file or directory does: a directory's `mtime`
+/// moves when an entry is added, removed or renamed in it, a file's
+/// `ctime` on any write (or `touch`, or replacement).
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct Stamp {
+    path: PathBuf,
+    len: u64,
+    ino: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl Stamp {
+    fn of(path: &Path) -> std::io::Result<(Self, bool)> {
+        let meta = std::fs::metadata(path)?;
+        let nanos = |secs: i64, nsec: i64| i128::from(secs) * 1_000_000_000 + i128::from(nsec);
+        Ok((
+            Self {
+                path: path.to_owned(),
+                len: meta.len(),
+                ino: meta.ino(),
+                mtime_ns: nanos(meta.mtime(), meta.mtime_nsec()),
+                ctime_ns: nanos(meta.ctime(), meta.ctime_nsec()),
+            },
+            meta.is_dir(),
+        ))
     }
-    let mut key = b"pg-isolate test macro v1\0".to_vec();
-    if let Some(m) = &loaded {
-        key.extend_from_slice(&m.key_material());
+
+    /// Whether the file or directory is unchanged (a `stat`, no read).
+    fn holds(&self) -> bool {
+        Self::of(&self.path).is_ok_and(|(now, _)| now == *self)
     }
-    for sql in &scripts {
-        key.extend_from_slice(b"\0fixture\0");
-        key.extend_from_slice(&(sql.len() as u64).to_le_bytes());
-        key.extend_from_slice(sql.as_bytes());
+}
+
+impl SetupFiles {
+    /// Stamps of the migrations directory, everything under it, and the
+    /// fixtures.
+    fn stamps(&self) -> std::io::Result<Vec<Stamp>> {
+        fn walk(path: &Path, out: &mut Vec<Stamp>) -> std::io::Result<()> {
+            let (stamp, is_dir) = Stamp::of(path)?;
+            out.push(stamp);
+            if is_dir {
+                let mut entries = std::fs::read_dir(path)?
+                    .map(|e| e.map(|e| e.path()))
+                    .collect::<std::io::Result<Vec<_>>>()?;
+                entries.sort();
+                for entry in entries {
+                    walk(&entry, out)?;
+                }
+            }
+            Ok(())
+        }
+        let mut stamps = Vec::new();
+        if let Some(dir) = &self.migrations {
+            walk(dir, &mut stamps)?;
+        }
+        for fixture in &self.fixtures {
+            stamps.push(Stamp::of(fixture)?.0);
+        }
+        Ok(stamps)
     }
-    let template = server.template(&key, |client| {
+
+    /// Where the key of this setup is remembered on `server`.
+    fn memo(&self, server: &Server) -> Option<PathBuf> {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for path in self.migrations.iter().chain(&self.fixtures) {
+            hasher.update(path.as_os_str().as_encoded_bytes());
+            hasher.update(b"\0");
+        }
+        let digest = hasher.finalize();
+        Some(
+            server
+                .state_dir()?
+                .join("setups")
+                .join(format!("{}.json", crate::names::hex(&digest[..8]))),
+        )
+    }
+
+    /// The remembered key, when every stamp still holds, or when this
+    /// nextest run checked them already: its first test writes
+    /// `<memo>.run` (the run id and the key), and the other tests of the
+    /// run (each a process of its own) skip the check, as every test of a
+    /// `cargo test` process does.
+    fn remembered_key(&self, server: &Server) -> Option<String> {
+        let path = self.memo(server)?;
+        if let Some(run) = nextest_run()
+            && let Ok(text) = std::fs::read_to_string(path.with_extension("run"))
+            && let Some((checked, key)) = text.split_once(' ')
+            && checked == run
+        {
+            return Some(key.to_owned());
+        }
+        let text = std::fs::read(&path).ok()?;
+        let memo: Remembered = serde_json::from_slice(&text).ok()?;
+        if memo.version != key_version() || !memo.stamps.iter().all(Stamp::holds) {
+            return None;
+        }
+        remember_run(&path, &memo.key);
+        Some(memo.key)
+    }
+
+    fn remember(&self, server: &Server, key: &str, stamps: Vec<Stamp>) {
+        let Some(path) = self.memo(server) else {
+            return;
+        };
+        let memo = Remembered {
+            version: key_version(),
+            key: key.to_owned(),
+            stamps,
+        };
+        write_memo(&path, &memo);
+        remember_run(&path, key);
+    }
+
+    /// The setup's pool: from the remembered key when its files are
+    /// unchanged (unless `fresh`), else by loading and hashing the
+    /// migrations and fixtures and finding (or building) the template.
+    fn prepare(&self, fresh: bool) -> Result<Prepared, SetupFailed> {
+        let server = Server::shared()?;
+        if !fresh && let Some(key) = self.remembered_key(&server) {
+            return Ok(Prepared {
+                pool: Pool::of_key(&server, &key, PoolOptions::default()),
+                remembered: true,
+            });
+        }
+        // Stamped before reading: a file changed while it is read no
+        // longer matches its stamp next time.
+        let stamps = self.stamps().ok();
+        let loaded = match &self.migrations {
+            Some(dir) => Some(Migrations::load(dir, Format::Auto)?),
+            None => None,
+        };
+        let mut scripts = Vec::with_capacity(self.fixtures.len());
+        for path in &self.fixtures {
+            let sql = std::fs::read_to_string(path).map_err(|source| SetupFailed::Fixture {
+                path: path.clone(),
+                source,
+            })?;
+            scripts.push(sql);
+        }
+        let mut key = b"pg-isolate test macro v1\0".to_vec();
         if let Some(m) = &loaded {
-            m.migrate(client, Target::Latest, |_| {})?;
+            key.extend_from_slice(&m.key_material());
         }
         for sql in &scripts {
-            client.batch_execute(sql)?;
+            key.extend_from_slice(b"\0fixture\0");
+            key.extend_from_slice(&(sql.len() as u64).to_le_bytes());
+            key.extend_from_slice(sql.as_bytes());
         }
-        Ok(())
-    })?;
-    Ok(template.pool(PoolOptions::default())?)
+        let template = server.template(&key, |client| {
+            if let Some(m) = &loaded {
+                m.migrate(client, Target::Latest, |_| {})?;
+            }
+            for sql in &scripts {
+                client.batch_execute(sql)?;
+            }
+            Ok(())
+        })?;
+        if let Some(stamps) = stamps {
+            self.remember(&server, template.key(), stamps);
+        }
+        Ok(Prepared {
+            pool: template.pool(PoolOptions::default())?,
+            remembered: false,
+        })
+    }
+}
+
+/// Under nextest, writes `<memo>.run`: this run has checked the files and
+/// uses template `key`.
+fn remember_run(memo: &Path, key: &str) {
+    let Some(run) = nextest_run() else {
+        return;
+    };
+    let path = memo.with_extension("run");
+    if let Err(error) = registry::write_atomically(&path, format!("{run} {key}").as_bytes(), 0o644)
+    {
+        tracing::debug!(path = %path.display(), %error, "cannot remember the checked run");
+    }
+}
+
+/// Writes a setup's memo (atomically: a reader sees the old or the new).
+fn write_memo(path: &Path, memo: &Remembered) {
+    let result = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| {
+            let json = serde_json::to_vec(memo).map_err(std::io::Error::other)?;
+            registry::write_atomically(path, &json, 0o644)
+        });
+    if let Err(error) = result {
+        tracing::debug!(path = %path.display(), %error, "cannot remember the test setup");
+    }
+}
+
+/// The prepared pool of `files` in this process (made by the first test
+/// of the setup; the others wait for it), or made again from the files
+/// when `stale` is the one that failed.
+fn prepared(files: &SetupFiles, stale: Option<&Arc<Prepared>>) -> Result<Arc<Prepared>, String> {
+    let setup = Arc::clone(
+        setups()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(files.clone())
+            .or_default(),
+    );
+    let mut slot = setup.lock().unwrap_or_else(PoisonError::into_inner);
+    let replace = match (&*slot, stale) {
+        (None, _) => true,
+        (Some(Ok(current)), Some(stale)) => Arc::ptr_eq(current, stale),
+        _ => false,
+    };
+    if replace {
+        *slot = Some(
+            files
+                .prepare(stale.is_some())
+                .map(Arc::new)
+                .map_err(|e| e.to_string()),
+        );
+    }
+    slot.clone()
+        .unwrap_or_else(|| Err("the setup was not prepared".to_owned()))
 }
 
 /// The private database of one test, dropped (or kept, for a failed test
@@ -141,24 +380,26 @@ impl Guard {
         let dir = manifest_dir.join(migrations);
         // Without `migrations = ...` a crate without a `migrations/`
         // directory gets an empty database (plus fixtures).
-        let dir = (!default_migrations || dir.is_dir()).then_some(dir);
-        let fixtures: Vec<PathBuf> = fixtures
-            .iter()
-            .map(|name| fixture_path(manifest_dir, name))
-            .collect();
-        let key = (dir.clone().unwrap_or_default(), fixtures.clone());
-        let setup = Arc::clone(
-            setups()
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(key)
-                .or_default(),
-        );
-        let pool = setup
-            .get_or_init(|| build(dir.as_deref(), &fixtures).map_err(|e| e.to_string()))
-            .as_ref()
-            .map_err(Clone::clone)?;
-        let db = pool.test_database().map_err(|e| e.to_string())?;
+        let files = SetupFiles {
+            migrations: (!default_migrations || dir.is_dir()).then_some(dir),
+            fixtures: fixtures
+                .iter()
+                .map(|name| fixture_path(manifest_dir, name))
+                .collect(),
+        };
+        let prepared_now = prepared(&files, None)?;
+        let db = match prepared_now.pool.test_database() {
+            Ok(db) => db,
+            // The remembered template is gone (gc, a dropped server): once
+            // more from the files.
+            Err(Error::DatabaseNotFound { .. }) if prepared_now.remembered => {
+                prepared(&files, Some(&prepared_now))?
+                    .pool
+                    .test_database()
+                    .map_err(|e| e.to_string())?
+            }
+            Err(error) => return Err(error.to_string()),
+        };
         Ok(Self {
             url: db.url(),
             db: Some(db),

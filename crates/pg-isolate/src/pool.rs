@@ -1,23 +1,33 @@
-//! The warm pool: clones of a template pre-created on the server, shared by
-//! every process, claimed atomically by renaming.
+//! The warm pool: clones of a template made ahead of demand on the server,
+//! shared by every process, claimed atomically by renaming, and refilled by
+//! a helper process that outlives the one that claimed.
 
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::io::{Read as _, Write as _};
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use postgres::{Client, SimpleQueryMessage};
+use postgres::SimpleQueryMessage;
+use registry::ProcessIdentity;
 
 use crate::owner::{DatabaseKind, OwnerRecord, TOOL};
 use crate::testdb::TestDatabase;
-use crate::{Error, Server, Template, names};
+use crate::{Error, Server, Template, birth, names};
 
 /// Optional settings of [`Template::pool`].
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
-    /// How many clones to keep ready (default 4).
+    /// The fewest clones to keep ready (default 4; 0: no pool). The pool
+    /// grows to the demand it has seen: as many clones as the last burst
+    /// of claims took (claims less than three seconds apart, a test run),
+    /// up to 32.
     pub size: usize,
     /// The most disk the ready clones may use together, estimated from the
-    /// template's size (default 2 GiB); caps `size` for big templates.
+    /// template's size (default 2 GiB); caps the pool for big templates.
     pub max_bytes: u64,
 }
 
@@ -30,6 +40,12 @@ impl Default for PoolOptions {
     }
 }
 
+/// The most clones demand can ask a pool to keep ready.
+const MAX_DEMAND: u64 = 32;
+
+/// Claims further apart than this start a new burst (a new test run).
+const BURST_GAP_MS: u64 = 3_000;
+
 /// A warm pool of clones of one template.
 ///
 /// The clones live on the server (named `<prefix>p_<template key>_<random>`
@@ -37,22 +53,33 @@ impl Default for PoolOptions {
 /// process using the same template shares them. [`Pool::test_database`]
 /// claims one by renaming it to a fresh test database name in one
 /// transaction with its new owner record: a rename fails if another process
-/// got the clone first, so a clone is never handed out twice. A background
-/// thread per pool handle refills the pool; across processes one refills at
-/// a time (an advisory lock), and a refill never goes beyond
-/// [`PoolOptions::size`] or [`PoolOptions::max_bytes`]. When the pool is
-/// empty a clone is made on the spot.
+/// got the clone first, so a clone is never handed out twice. When the pool
+/// is empty a clone is made on the spot.
+///
+/// A claim that leaves the pool short starts a refill, unless one is
+/// running on the server (an advisory lock; one refills at a time across
+/// all processes). On the embedded server the refill is a `psql` process of
+/// its own that creates the clones and exits, so it carries on after the
+/// claiming process has exited (a test process under nextest lives for
+/// milliseconds); for a server given by URL it is a thread of the claiming
+/// process. The pool's size follows demand: each process records its
+/// claims in a small file beside the server's state, and the pool is
+/// refilled to as many clones as the last burst of claims took (at least
+/// [`PoolOptions::size`], at most 32 and [`PoolOptions::max_bytes`]), so
+/// the next run of a test suite finds a clone ready for every test.
 #[derive(Debug)]
 pub struct Pool {
     template: Template,
     shared: Arc<Shared>,
-    filler: Option<JoinHandle<()>>,
+    /// `false` for the copies threads work with: only the caller's handle
+    /// stops the refill thread when dropped.
+    owns: bool,
 }
 
 #[derive(Debug)]
 struct Shared {
-    state: Mutex<FillState>,
-    wake: Condvar,
+    /// The literal `SELECT count(*) ...` of this template's ready clones.
+    ready_sql: String,
     /// `LIKE` pattern matching this template's pool clones.
     pattern: String,
     /// Name prefix of this template's pool clones.
@@ -61,67 +88,123 @@ struct Shared {
     /// template build lock).
     lock: (i32, i32),
     options: PoolOptions,
+    refill: Mutex<Option<Refiller>>,
+    last_error: Mutex<Option<String>>,
+    /// Tells a refill thread to stop after the clone it is making.
+    stop: AtomicBool,
+    /// Whether the template is known to exist complete (see
+    /// [`Pool::of_key`]).
+    checked: AtomicBool,
 }
 
-#[derive(Debug, Default)]
-struct FillState {
-    stop: bool,
-    wanted: bool,
-    last_error: Option<String>,
+/// A refill this handle started.
+#[derive(Debug)]
+enum Refiller {
+    Psql(Child),
+    Thread(JoinHandle<Result<(), Error>>),
 }
-
-/// How often a filler looks at the pool without being woken (others
-/// processes claim from it too).
-const RECHECK: Duration = Duration::from_millis(500);
 
 impl Template {
-    /// A warm pool of clones of this template, refilled in the background
-    /// while the returned handle lives.
+    /// A warm pool of clones of this template; a refill to its size starts
+    /// now, in the background.
     pub fn pool(&self, options: PoolOptions) -> Result<Pool, Error> {
-        let name_prefix = names::fit(&format!("{}p_{}_", self.server().prefix(), self.key()));
-        let pattern = format!("{}%", names::like_escape(&name_prefix));
-        let key = u64::from_str_radix(self.key(), 16).unwrap_or(0);
-        let lock = (
-            i32::from_be_bytes(((key >> 32) as u32).to_be_bytes()),
-            i32::from_be_bytes((key as u32).to_be_bytes()),
-        );
-        let shared = Arc::new(Shared {
-            state: Mutex::new(FillState {
-                wanted: true,
-                ..FillState::default()
-            }),
-            wake: Condvar::new(),
-            pattern,
-            name_prefix,
-            lock,
-            options,
-        });
-        let filler = {
-            let shared = Arc::clone(&shared);
-            let template = self.clone();
-            std::thread::Builder::new()
-                .name("pg-isolate-pool".to_owned())
-                .spawn(move || fill_loop(&template, &shared))
-                .map_err(|e| Error::io("starting the pool filler thread for", self.name(), e))?
-        };
-        Ok(Pool {
-            template: self.clone(),
-            shared,
-            filler: Some(filler),
-        })
+        let pool = Pool::new(self.clone(), options, true);
+        pool.refill_if_short()?;
+        Ok(pool)
     }
 }
 
 impl Pool {
+    /// A pool of the template of key `key` (hex), which need not exist:
+    /// nothing is looked up until a claim finds no clone, and then
+    /// [`Pool::test_database`] fails with [`Error::DatabaseNotFound`] when
+    /// the template is gone. For callers that remember a key from an
+    /// earlier run (`#[pg_isolate::test]`).
+    pub(crate) fn of_key(server: &Server, key: &str, options: PoolOptions) -> Self {
+        Self::new(Template::known(server, key), options, false)
+    }
+
+    fn new(template: Template, options: PoolOptions, checked: bool) -> Self {
+        let name_prefix = names::fit(&format!(
+            "{}p_{}_",
+            template.server().prefix(),
+            template.key()
+        ));
+        let pattern = format!("{}%", names::like_escape(&name_prefix));
+        let key = u64::from_str_radix(template.key(), 16).unwrap_or(0);
+        let lock = (
+            i32::from_be_bytes(((key >> 32) as u32).to_be_bytes()),
+            i32::from_be_bytes((key as u32).to_be_bytes()),
+        );
+        let ready_sql = format!(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE {} AND NOT datistemplate \
+             AND shobj_description(oid, 'pg_database') LIKE {}",
+            names::literal(&pattern),
+            names::literal(POOL_KIND_LIKE),
+        );
+        Self {
+            template,
+            shared: Arc::new(Shared {
+                ready_sql,
+                pattern,
+                name_prefix,
+                lock,
+                options,
+                refill: Mutex::default(),
+                last_error: Mutex::default(),
+                stop: AtomicBool::new(false),
+                checked: AtomicBool::new(checked),
+            }),
+            owns: true,
+        }
+    }
+
     /// A private database cloned from the template: a ready clone from the
     /// pool when there is one, else a fresh clone.
     pub fn test_database(&self) -> Result<TestDatabase, Error> {
-        let server = self.template.server();
-        let claimed = self.claim(server);
-        self.wake();
-        match claimed? {
+        let claimed = self.claim()?;
+        self.after_claim();
+        match claimed {
             Some(db) => Ok(db),
-            None => self.template.test_database(),
+            None if self.shared.checked.load(Ordering::SeqCst) => self.template.test_database(),
+            None => {
+                // A handle made from a remembered key: make sure the
+                // template is there and complete before cloning it.
+                let server = self.template.server();
+                let template = server
+                    .template_by_key(self.template.key())?
+                    .ok_or_else(|| Error::DatabaseNotFound {
+                        database: self.template.name().to_owned(),
+                    })?;
+                self.shared.checked.store(true, Ordering::SeqCst);
+                template.test_database()
+            }
+        }
+    }
+
+    /// Counts the claim into the demand and starts a refill when the pool
+    /// is short, on a thread of its own: the caller has its database
+    /// already. (A process that exits before the thread is done leaves
+    /// this to the next claim.)
+    fn after_claim(&self) {
+        let pool = Self {
+            template: self.template.clone(),
+            shared: Arc::clone(&self.shared),
+            owns: false,
+        };
+        let spawned = std::thread::Builder::new()
+            .name("pg-isolate-claim".to_owned())
+            .spawn(move || {
+                let demand = pool.note_claim();
+                if let Err(error) = pool
+                    .status()
+                    .and_then(|(ready, refilling)| pool.refill_from(ready, refilling, demand))
+                {
+                    tracing::warn!(template = pool.template.name(), %error, "cannot refill the pool");
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot start the pool's refill thread");
         }
     }
 
@@ -134,7 +217,8 @@ impl Pool {
     /// [`DatabaseKind::Pool`] is a candidate: a database that merely has a
     /// matching name (a named database, one without a record, one being
     /// created) is never claimed.
-    fn claim(&self, server: &Server) -> Result<Option<TestDatabase>, Error> {
+    fn claim(&self) -> Result<Option<TestDatabase>, Error> {
+        let server = self.template.server();
         let mut record = OwnerRecord::new(DatabaseKind::Test, None);
         record.template_key = Some(self.template.key().to_owned());
         let name = TestDatabase::fresh_name(server);
@@ -176,105 +260,394 @@ impl Pool {
                 _ => None,
             }))
         })?;
-        match claimed.filter(|c| !c.is_empty()) {
-            Some(clone) => {
-                tracing::debug!(database = %name, %clone, "claimed pool clone");
-                Ok(Some(TestDatabase::adopt(server, name)))
-            }
-            None => Ok(None),
-        }
-    }
-
-    fn wake(&self) {
-        let mut state = self
-            .shared
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        state.wanted = true;
-        self.shared.wake.notify_all();
+        Ok(claimed.filter(|c| !c.is_empty()).map(|clone| {
+            tracing::debug!(database = %name, %clone, "claimed pool clone");
+            TestDatabase::adopt(server, name)
+        }))
     }
 
     /// The number of ready clones of this template on the server.
     pub fn ready(&self) -> Result<usize, Error> {
-        let server = self.template.server();
-        count_clones(server, &self.shared.pattern, self.template.name())
+        Ok(self.status()?.0)
     }
 
-    /// Waits until the pool holds its full size of ready clones (capped by
-    /// [`PoolOptions::max_bytes`]) or `timeout` passes; returns the number
-    /// ready. Useful before timing-sensitive work.
+    /// Ready clones and whether a refill is running, in one query.
+    fn status(&self) -> Result<(usize, bool), Error> {
+        status(&self.template, &self.shared)
+    }
+
+    /// Waits until the pool holds its full size of ready clones (as demand
+    /// and [`PoolOptions::max_bytes`] set it) or `timeout` passes; returns
+    /// the number ready. Useful before timing-sensitive work.
     pub fn wait_filled(&self, timeout: Duration) -> Result<usize, Error> {
         if crate::rt::in_runtime() {
             return crate::rt::off_runtime(|| self.wait_filled(timeout));
         }
         let deadline = Instant::now() + timeout;
-        let target = self.target()?;
+        let target = self.target(&self.demand())?;
         loop {
-            let ready = self.ready()?;
+            let (ready, refilling) = self.status()?;
             if ready >= target || Instant::now() >= deadline {
                 return Ok(ready);
             }
-            self.wake();
+            if !refilling {
+                self.start_refill(target)?;
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 
-    /// The last error of the background filler, if its last attempt failed.
+    /// The last error of a refill this handle started, once it ended.
     pub fn last_error(&self) -> Option<String> {
+        self.reap();
         self.shared
-            .state
+            .last_error
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .last_error
             .clone()
-    }
-
-    fn target(&self) -> Result<usize, Error> {
-        let server = self.template.server();
-        let per_clone = server.with_admin(|client| template_size(client, self.template.name()))?;
-        Ok(target_size(&self.shared.options, per_clone))
     }
 
     /// The template the pool clones.
     pub fn template(&self) -> &Template {
         &self.template
     }
+
+    fn refill_if_short(&self) -> Result<(), Error> {
+        let (ready, refilling) = self.status()?;
+        self.refill_from(ready, refilling, self.demand())
+    }
+
+    fn refill_from(&self, ready: usize, refilling: bool, demand: Demand) -> Result<(), Error> {
+        if refilling {
+            return Ok(());
+        }
+        let target = self.target(&demand)?;
+        if ready < target {
+            self.start_refill(target)?;
+        }
+        Ok(())
+    }
+
+    /// How many clones the pool should hold: its size or the demand seen,
+    /// whichever is more, within the disk bound.
+    fn target(&self, demand: &Demand) -> Result<usize, Error> {
+        let size = self.shared.options.size as u64;
+        if size == 0 {
+            return Ok(0);
+        }
+        let per_clone = match demand.per_clone {
+            0 => self.measure_clone()?,
+            known => known,
+        };
+        let by_bytes = self.shared.options.max_bytes / per_clone.max(1);
+        let wanted = size.max(demand.want().min(MAX_DEMAND));
+        Ok(usize::try_from(wanted.min(by_bytes)).unwrap_or(usize::MAX))
+    }
+
+    /// The template's size (what a clone costs on disk), remembered in the
+    /// demand file.
+    fn measure_clone(&self) -> Result<u64, Error> {
+        let template = self.template.name();
+        let size: i64 = self.template.server().with_admin(|client| {
+            Ok(client
+                .query_one("SELECT pg_database_size($1::text)", &[&template])
+                .map_err(|e| Error::sql("measuring template", template, e))?
+                .get(0))
+        })?;
+        let size = u64::try_from(size).unwrap_or(0);
+        self.update_demand(|demand| demand.per_clone = size);
+        Ok(size)
+    }
+
+    /// Starts a refill to `target` unless one this handle started still
+    /// runs: a `psql` of its own on the embedded server, else a thread.
+    fn start_refill(&self, target: usize) -> Result<(), Error> {
+        let mut running = self
+            .shared
+            .refill
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(refiller) = running.take()
+            && let Some(still) = self.finished(refiller)
+        {
+            *running = Some(still);
+            return Ok(());
+        }
+        let server = self.template.server();
+        *running = Some(match server.psql() {
+            Some(command) => Refiller::Psql(self.spawn_psql(command, target)?),
+            None => {
+                let template = self.template.clone();
+                let shared = Arc::clone(&self.shared);
+                Refiller::Thread(
+                    std::thread::Builder::new()
+                        .name("pg-isolate-pool".to_owned())
+                        .spawn(move || fill(&template, &shared, target))
+                        .map_err(|e| {
+                            Error::io(
+                                "starting the pool refill thread for",
+                                self.template.name(),
+                                e,
+                            )
+                        })?,
+                )
+            }
+        });
+        Ok(())
+    }
+
+    /// Starts `psql` (in a process group of its own, so that it outlives
+    /// this process and its terminal) and writes it the refill script,
+    /// whose clones' birth names name the `psql` process.
+    fn spawn_psql(
+        &self,
+        mut command: std::process::Command,
+        target: usize,
+    ) -> Result<Child, Error> {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| {
+                Error::io(
+                    "starting psql to refill the pool of",
+                    self.template.name(),
+                    e,
+                )
+            })?;
+        let creator = ProcessIdentity::of_pid(child.id()).unwrap_or(ProcessIdentity {
+            pid: child.id(),
+            start_time: 0,
+        });
+        let script = self.refill_script(target, creator);
+        if let Some(mut stdin) = child.stdin.take() {
+            // A psql that failed to start reports it on stderr (reaped
+            // later); the script is then simply not read.
+            let _ = stdin.write_all(script.as_bytes());
+        }
+        tracing::debug!(
+            template = self.template.name(),
+            target,
+            pid = child.id(),
+            "started pool refill"
+        );
+        Ok(child)
+    }
+
+    /// The `psql` script of a refill to `target` clones: under the pool's
+    /// advisory lock (or not at all when another refill holds it), up to
+    /// twice `target` rounds of "count the ready clones; if short, create
+    /// one" (clones are claimed meanwhile), each clone created as
+    /// [`Server::create_with_record`] does, under a birth name naming the
+    /// `psql` process.
+    fn refill_script(&self, target: usize, creator: ProcessIdentity) -> String {
+        let server = self.template.server();
+        let (k1, k2) = self.shared.lock;
+        let mut script =
+            format!("SELECT pg_try_advisory_lock({k1}, {k2}) AS locked \\gset\n\\if :locked\n");
+        for _ in 0..target.saturating_mul(2) {
+            let (name, record) = new_clone(&self.template, &self.shared, creator);
+            let birth = birth::birth_name_for(server.prefix(), creator);
+            let (create, finish) =
+                server.creation_sql(&birth, &name, Some(self.template.name()), None, &record);
+            script.push_str(&format!(
+                "SELECT ({}) < {target} AS more \\gset\n\\if :more\n{create};\nBEGIN;\n{finish};\nCOMMIT;\n\\endif\n",
+                self.shared.ready_sql
+            ));
+        }
+        script.push_str("\\endif\n");
+        script
+    }
+
+    /// Collects a finished refill (keeping its error); gives back one
+    /// that still runs.
+    fn finished(&self, refiller: Refiller) -> Option<Refiller> {
+        let error = match refiller {
+            Refiller::Psql(mut child) => match child.try_wait() {
+                Ok(None) => return Some(Refiller::Psql(child)),
+                Ok(Some(status)) if status.success() => None,
+                Ok(Some(status)) => {
+                    let mut stderr = String::new();
+                    if let Some(mut pipe) = child.stderr.take() {
+                        let _ = pipe.read_to_string(&mut stderr);
+                    }
+                    Some(format!(
+                        "psql refilling the pool failed ({status}): {}",
+                        stderr.trim()
+                    ))
+                }
+                Err(error) => Some(format!("waiting for the pool refill: {error}")),
+            },
+            Refiller::Thread(handle) => {
+                if !handle.is_finished() {
+                    return Some(Refiller::Thread(handle));
+                }
+                match handle.join() {
+                    Ok(Ok(())) => None,
+                    Ok(Err(error)) => Some(error.to_string()),
+                    Err(_) => Some("the pool refill thread panicked".to_owned()),
+                }
+            }
+        };
+        if let Some(error) = &error {
+            tracing::warn!(template = self.template.name(), %error, "refilling the pool failed");
+        }
+        *self
+            .shared
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = error;
+        None
+    }
+
+    fn reap(&self) {
+        let mut running = self
+            .shared
+            .refill
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(refiller) = running.take() {
+            *running = self.finished(refiller);
+        }
+    }
+
+    /// The demand file of this template's pool, beside the server's state.
+    fn demand_path(&self) -> Option<PathBuf> {
+        Some(
+            self.template
+                .server()
+                .state_dir()?
+                .join(format!("pool-{}.demand", self.template.key())),
+        )
+    }
+
+    fn demand(&self) -> Demand {
+        self.demand_path()
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .map(|text| Demand::parse(&text))
+            .unwrap_or_default()
+    }
+
+    /// Counts a claim into the demand (the current burst) and returns it.
+    fn note_claim(&self) -> Demand {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.update_demand(|demand| demand.claim(now))
+    }
+
+    /// Read-modify-write of the demand file under its lock; without a
+    /// state directory (or on any I/O error) the demand is not kept.
+    fn update_demand(&self, change: impl FnOnce(&mut Demand)) -> Demand {
+        let mut demand = Demand::default();
+        let Some(path) = self.demand_path() else {
+            change(&mut demand);
+            return demand;
+        };
+        let result = (|| -> std::io::Result<()> {
+            use std::io::Seek as _;
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)?;
+            file.lock()?;
+            let mut text = String::new();
+            file.read_to_string(&mut text)?;
+            demand = Demand::parse(&text);
+            change(&mut demand);
+            file.set_len(0)?;
+            file.rewind()?;
+            file.write_all(demand.to_string().as_bytes())
+        })();
+        if let Err(error) = result {
+            tracing::debug!(path = %path.display(), %error, "cannot record the pool's demand");
+        }
+        demand
+    }
 }
 
 impl Drop for Pool {
+    /// A running `psql` refill carries on (collected by a thread here, or
+    /// by init once this process has exited); a refill thread stops after
+    /// the clone it is making.
     fn drop(&mut self) {
-        {
-            let mut state = self
-                .shared
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            state.stop = true;
-            self.shared.wake.notify_all();
+        if !self.owns {
+            return;
         }
-        if let Some(filler) = self.filler.take() {
-            // The filler may be in the middle of a clone.
-            crate::rt::off_runtime(|| {
-                let _ = filler.join();
-            });
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let running = self
+            .shared
+            .refill
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match running {
+            Some(Refiller::Psql(mut child)) => {
+                if matches!(child.try_wait(), Ok(None)) {
+                    let _ = std::thread::Builder::new()
+                        .name("pg-isolate-reap".to_owned())
+                        .spawn(move || child.wait());
+                }
+            }
+            Some(Refiller::Thread(handle)) => crate::rt::off_runtime(|| {
+                let _ = handle.join();
+            }),
+            None => {}
         }
     }
 }
 
-fn target_size(options: &PoolOptions, per_clone: u64) -> usize {
-    let by_bytes = options.max_bytes / per_clone.max(1);
-    options
-        .size
-        .min(usize::try_from(by_bytes).unwrap_or(usize::MAX))
+/// What a pool's claims asked for, kept in its demand file as
+/// `last claims previous per_clone` (milliseconds since the epoch, claims
+/// in the current burst, claims of the burst before, bytes of a clone).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Demand {
+    last: u64,
+    claims: u64,
+    previous: u64,
+    per_clone: u64,
 }
 
-fn template_size(client: &mut Client, template: &str) -> Result<u64, Error> {
-    let size: i64 = client
-        .query_one("SELECT pg_database_size($1::text)", &[&template])
-        .map_err(|e| Error::sql("measuring template", template, e))?
-        .get(0);
-    Ok(u64::try_from(size).unwrap_or(0))
+impl Demand {
+    fn parse(text: &str) -> Self {
+        let mut fields = text.split_whitespace().map(|f| f.parse().unwrap_or(0));
+        let mut next = || fields.next().unwrap_or(0);
+        Self {
+            last: next(),
+            claims: next(),
+            previous: next(),
+            per_clone: next(),
+        }
+    }
+
+    fn claim(&mut self, now: u64) {
+        if now.saturating_sub(self.last) > BURST_GAP_MS && self.claims > 0 {
+            self.previous = self.claims;
+            self.claims = 0;
+        }
+        self.claims += 1;
+        self.last = now;
+    }
+
+    /// Clones the next burst is expected to take.
+    fn want(&self) -> u64 {
+        self.claims.max(self.previous)
+    }
+}
+
+impl std::fmt::Display for Demand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} {} {}",
+            self.last, self.claims, self.previous, self.per_clone
+        )
+    }
 }
 
 /// The `kind` value of a pool clone's owner record.
@@ -285,68 +658,50 @@ const POOL_KIND: &str = "pool";
 /// test). The claim also checks the parsed JSON.
 const POOL_KIND_LIKE: &str = r#"{"tool":"pg-isolate","kind":"pool",%"#;
 
-fn count_clones(server: &Server, pattern: &str, template: &str) -> Result<usize, Error> {
-    server.with_admin(|client| {
-        let count: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_database WHERE datname LIKE $1 AND NOT datistemplate \
-                 AND shobj_description(oid, 'pg_database') LIKE $2",
-                &[&pattern, &POOL_KIND_LIKE],
-            )
-            .map_err(|e| Error::sql("counting pool clones of", template, e))?
-            .get(0);
-        Ok(usize::try_from(count).unwrap_or(0))
+/// Ready clones of the pool and whether a refill holds its lock.
+fn status(template: &Template, shared: &Shared) -> Result<(usize, bool), Error> {
+    let (k1, k2) = shared.lock;
+    let sql = format!(
+        "SELECT ({})::text, (EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
+           AND classid = '{}'::oid AND objid = '{}'::oid AND objsubid = 2))::text",
+        shared.ready_sql, k1 as u32, k2 as u32
+    );
+    template.server().with_admin(|client| {
+        let messages = client
+            .simple_query(&sql)
+            .map_err(|e| Error::sql("counting pool clones of", template.name(), e))?;
+        Ok(messages
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => Some((
+                    row.get(0).and_then(|n| n.parse().ok()).unwrap_or(0),
+                    row.get(1) == Some("true"),
+                )),
+                _ => None,
+            })
+            .unwrap_or((0, false)))
     })
 }
 
-fn fill_loop(template: &Template, shared: &Shared) {
-    let mut client: Option<Client> = None;
-    loop {
-        {
-            let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
-            if !state.stop && !state.wanted {
-                state = shared
-                    .wake
-                    .wait_timeout(state, RECHECK)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-            }
-            if state.stop {
-                return;
-            }
-            state.wanted = false;
-        }
-        let result = fill_once(template, shared, &mut client);
-        let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
-        match result {
-            Ok(()) => state.last_error = None,
-            Err(error) => {
-                tracing::warn!(template = template.name(), error = %error, "refilling the pool failed");
-                state.last_error = Some(error.to_string());
-                client = None;
-            }
-        }
-    }
-}
-
-fn stopping(shared: &Shared) -> bool {
-    shared
-        .state
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .stop
-}
-
-fn fill_once(
+/// A fresh clone name and its owner record, created by `creator`.
+fn new_clone(
     template: &Template,
     shared: &Shared,
-    client: &mut Option<Client>,
-) -> Result<(), Error> {
+    creator: ProcessIdentity,
+) -> (String, OwnerRecord) {
+    let name = names::fit(&format!("{}{}", shared.name_prefix, names::token()));
+    let mut record = OwnerRecord::new(DatabaseKind::Pool, None);
+    record.pid = creator.pid;
+    record.start_time = creator.start_time;
+    record.template_key = Some(template.key().to_owned());
+    (name, record)
+}
+
+/// A refill from a thread of this process (a server given by URL): under
+/// the pool's advisory lock, clones until `target` are ready.
+fn fill(template: &Template, shared: &Shared, target: usize) -> Result<(), Error> {
     let server = template.server();
-    let conn = match client {
-        Some(conn) if !conn.is_closed() => conn,
-        _ => client.insert(server.admin_client()?),
-    };
+    let mut conn = server.admin_client()?;
     let (k1, k2) = shared.lock;
     let got: bool = conn
         .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&k1, &k2])
@@ -355,17 +710,13 @@ fn fill_once(
     if !got {
         return Ok(());
     }
+    let me = ProcessIdentity::current();
     let result = (|| {
-        let per_clone = template_size(conn, template.name())?;
-        let target = target_size(&shared.options, per_clone);
-        while !stopping(shared) {
-            let ready = count_clones(server, &shared.pattern, template.name())?;
-            if ready >= target {
+        while !shared.stop.load(Ordering::SeqCst) {
+            if status(template, shared)?.0 >= target {
                 break;
             }
-            let name = names::fit(&format!("{}{}", shared.name_prefix, names::token()));
-            let mut record = OwnerRecord::new(DatabaseKind::Pool, None);
-            record.template_key = Some(template.key().to_owned());
+            let (name, record) = new_clone(template, shared, me);
             match server.create_with_record(&name, Some(template.name()), None, &record) {
                 Ok(()) | Err(Error::DatabaseExists { .. }) => {}
                 Err(error) => return Err(error),
@@ -400,6 +751,34 @@ mod tests {
         assert_eq!(
             serde_json::to_value(DatabaseKind::Pool).ok(),
             Some(serde_json::Value::from(POOL_KIND))
+        );
+    }
+
+    #[test]
+    fn demand_follows_the_last_burst() {
+        let mut demand = Demand::parse("");
+        assert_eq!(demand, Demand::default());
+        for i in 0..20 {
+            demand.claim(1_000 + i * 50);
+        }
+        assert_eq!((demand.claims, demand.want()), (20, 20));
+        // The next run: its first claim expects the whole burst again.
+        demand.claim(60_000);
+        assert_eq!((demand.claims, demand.previous, demand.want()), (1, 20, 20));
+        for i in 0..5 {
+            demand.claim(60_100 + i);
+        }
+        // A smaller run lowers the demand after it.
+        demand.claim(120_000);
+        assert_eq!(demand.want(), 6);
+        demand.per_clone = 7 << 20;
+        assert_eq!(Demand::parse(&demand.to_string()), demand);
+        assert_eq!(
+            Demand::parse("garbage 3"),
+            Demand {
+                claims: 3,
+                ..Demand::default()
+            }
         );
     }
 }

@@ -111,6 +111,8 @@ struct Holds {
 
 struct Embedded {
     dir: PathBuf,
+    /// The `psql` of the server's binaries.
+    psql: PathBuf,
     pid: RwLock<u32>,
     /// The last crash recovery one of this handle's attaches performed.
     recovery: Mutex<Option<Recovery>>,
@@ -169,6 +171,7 @@ impl Server {
             };
             let embedded = Embedded {
                 dir: attached.dir.clone(),
+                psql: attached.psql.clone(),
                 pid: RwLock::new(attached.pid),
                 recovery: Mutex::new(attached.recovery.clone()),
             };
@@ -305,16 +308,25 @@ impl Server {
     }
 
     /// The file whose modification time says when leak cleanup last ran
-    /// for this server and prefix: in the embedded cluster's directory, or
-    /// (for a server given by URL) in a directory of this user's own:
-    /// `PG_ISOLATE_CACHE_DIR`, else `$XDG_RUNTIME_DIR/pg-isolate`, else
-    /// `$XDG_CACHE_HOME/pg-isolate` (never a shared temp directory, where
-    /// another user could plant the file), named after the server and the
-    /// prefix. `None` when there is no such directory.
+    /// for this server and prefix, in [`Server::state_dir`].
     pub(crate) fn gc_stamp(&self) -> Option<PathBuf> {
-        let file = format!("gc-{}.stamp", self.prefix());
+        Some(
+            self.state_dir()?
+                .join(format!("gc-{}.stamp", self.prefix())),
+        )
+    }
+
+    /// A directory of this user's own for what pg-isolate remembers about
+    /// this server on this host (the gc stamp, the setups of
+    /// `#[pg_isolate::test]`, the demand on warm pools): the embedded
+    /// cluster's directory, or (for a server given by URL) a directory
+    /// named after the server in `PG_ISOLATE_CACHE_DIR`, else
+    /// `$XDG_RUNTIME_DIR/pg-isolate`, else `$XDG_CACHE_HOME/pg-isolate`
+    /// (never a shared temp directory, where another user could plant
+    /// files). `None` when there is no such directory.
+    pub(crate) fn state_dir(&self) -> Option<PathBuf> {
         match &self.inner.embedded {
-            Some(embedded) => Some(embedded.dir.join(file)),
+            Some(embedded) => Some(embedded.dir.clone()),
             None => {
                 use sha2::{Digest, Sha256};
                 use std::os::unix::fs::DirBuilderExt;
@@ -330,14 +342,35 @@ impl Server {
                         })?
                         .join("pg-isolate"),
                 };
+                let dir = base.join(format!("server-{}", names::hex(&digest[..6])));
                 std::fs::DirBuilder::new()
                     .recursive(true)
                     .mode(0o700)
-                    .create(&base)
+                    .create(&dir)
                     .ok()?;
-                Some(base.join(format!("{}-{file}", names::hex(&digest[..6]))))
+                Some(dir)
             }
         }
+    }
+
+    /// A `psql` ready to run a script (on its standard input) against the
+    /// admin database of the embedded server, over its unix socket (no
+    /// password on any command line); `None` for a server given by URL.
+    pub(crate) fn psql(&self) -> Option<std::process::Command> {
+        let embedded = self.inner.embedded.as_ref()?;
+        let port = embedded::remembered_port(&embedded.dir)?;
+        let mut command = std::process::Command::new(&embedded.psql);
+        command
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(embedded.dir.join("run"))
+            .arg("-p")
+            .arg(port.to_string())
+            .args(["-U", "postgres", "-d"])
+            .arg(&self.inner.admin_database)
+            .env("PGCONNECT_TIMEOUT", "5")
+            .env_remove("PGOPTIONS")
+            .env_remove(registry::RUN_TOKEN_ENV);
+        Some(command)
     }
 
     /// The configured prefix of generated database names.

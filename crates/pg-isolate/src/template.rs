@@ -162,13 +162,7 @@ impl Server {
             key: key.hex.clone(),
             built_in: None,
         };
-        // Held before it is looked at: from here on gc leaves it alone.
-        self.hold(hold_lock(key.lock))?;
-        if !rebuild
-            && let Some(info) = self.database_info(&name)?
-            && let Some(owner) = ready_owner(&info)
-        {
-            self.touch(&name, owner)?;
+        if !rebuild && self.held_ready(&name, key.lock)? {
             return Ok(template);
         }
         let mut locker = self.admin_client()?;
@@ -180,6 +174,36 @@ impl Server {
         let _ = locker.execute("SELECT pg_advisory_unlock($1)", &[&key.lock]);
         template.built_in = result?;
         Ok(template)
+    }
+
+    /// Holds the template `name` (build lock `lock`) and tells whether it
+    /// is complete, refreshing its `last_used`. Held before it is looked
+    /// at: from here on gc leaves it alone.
+    fn held_ready(&self, name: &str, lock: i64) -> Result<bool, Error> {
+        self.hold(hold_lock(lock))?;
+        match self.database_info(name)?.as_ref().and_then(ready_owner) {
+            Some(owner) => {
+                self.touch(name, owner)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// The complete template of key `key` (hex, from [`Template::key`]),
+    /// held and refreshed as [`Server::template`] does; `None` when it does
+    /// not exist (or is not complete). Nothing is built.
+    pub(crate) fn template_by_key(&self, key: &str) -> Result<Option<Template>, Error> {
+        if crate::rt::in_runtime() {
+            return crate::rt::off_runtime(|| self.template_by_key(key));
+        }
+        let Ok(lock) = u64::from_str_radix(key, 16) else {
+            return Ok(None);
+        };
+        let template = Template::known(self, key);
+        Ok(self
+            .held_ready(template.name(), lock as i64)?
+            .then_some(template))
     }
 
     fn build_locked<F>(
@@ -286,6 +310,17 @@ pub(crate) fn ready_owner(info: &crate::DatabaseInfo) -> Option<OwnerRecord> {
 }
 
 impl Template {
+    /// A handle on the template of key `key` (hex) on `server`, which may
+    /// not exist.
+    pub(crate) fn known(server: &Server, key: &str) -> Self {
+        Self {
+            server: server.clone(),
+            name: template_name(server.prefix(), key),
+            key: key.to_owned(),
+            built_in: None,
+        }
+    }
+
     /// The template database's name.
     pub fn name(&self) -> &str {
         &self.name

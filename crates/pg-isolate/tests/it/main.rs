@@ -13,6 +13,7 @@ mod databases;
 mod fuzz;
 mod gc;
 mod lease;
+mod macro_setup;
 mod pool;
 mod server;
 mod templates;

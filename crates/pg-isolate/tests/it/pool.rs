@@ -216,3 +216,154 @@ fn only_pool_clones_are_ever_claimed() -> TestResult {
     server.drop_database(template.name())?;
     Ok(())
 }
+
+#[test]
+fn a_refill_outlives_the_process_that_claimed() -> TestResult {
+    if let Some(args) = child::args() {
+        let server = shared()?;
+        let template = template(&server, args[0].as_bytes())?;
+        let pool = template.pool(PoolOptions {
+            size: 3,
+            ..PoolOptions::default()
+        })?;
+        // Claims and exits at once, as a test process under nextest does.
+        for _ in 0..3 {
+            let db = pool.test_database()?;
+            emit("DB", db.name());
+        }
+        emit("PID", std::process::id());
+        return Ok(());
+    }
+    let key = String::from_utf8(unique_key("outlives"))?;
+    let out = child::wait_success(child::spawn(
+        "pool::a_refill_outlives_the_process_that_claimed",
+        std::slice::from_ref(&key),
+    )?)?;
+    let pid: u32 = values(&out, "PID")
+        .first()
+        .ok_or("the child's pid")?
+        .parse()?;
+    let server = shared()?;
+    let template = template(&server, key.as_bytes())?;
+    eventually(
+        "the pool to be refilled with nobody of pg-isolate's running",
+        Duration::from_secs(60),
+        || Ok(pool_clones(&server, template.key())?.len() >= 3),
+    )?;
+    // The clones were made by a process other than the child.
+    for clone in pool_clones(&server, template.key())? {
+        let owner = server
+            .list_databases()?
+            .into_iter()
+            .find(|i| i.name == clone)
+            .and_then(|i| i.owner)
+            .ok_or("a pool clone has its owner record")?;
+        assert_ne!(owner.pid, pid, "{clone} made by the exited child");
+    }
+    for name in values(&out, "DB") {
+        assert!(!server.database_exists(name)?, "{name} was dropped");
+    }
+    eventually("the refill to end", Duration::from_secs(60), || {
+        Ok(!refill_running(&server, template.key())?)
+    })?;
+    server.drop_database(template.name())?;
+    server.gc(&pg_isolate::GcOptions::default())?;
+    assert!(pool_clones(&server, template.key())?.is_empty());
+    Ok(())
+}
+
+/// Whether a refill's `psql` is connected to the server for the pool of
+/// `key` (it holds the pool's advisory lock).
+fn refill_running(server: &Server, key: &str) -> TestResult<bool> {
+    let key = u64::from_str_radix(key, 16)?;
+    let (c1, c2) = ((key >> 32) as u32, key as u32);
+    let mut admin = server.admin_client()?;
+    Ok(admin
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
+             AND classid::text = $1 AND objid::text = $2 AND objsubid = 2)",
+            &[&c1.to_string(), &c2.to_string()],
+        )?
+        .get(0))
+}
+
+#[test]
+fn demand_grows_the_pool_to_the_last_burst_of_claims() -> TestResult {
+    let server = shared()?;
+    let template = template(&server, &unique_key("demand"))?;
+    let pool = template.pool(PoolOptions {
+        size: 2,
+        ..PoolOptions::default()
+    })?;
+    assert_eq!(pool.wait_filled(Duration::from_secs(60))?, 2);
+    // A burst of six claims (a test run of six tests) ...
+    let claimed: Vec<_> = (0..6)
+        .map(|_| pool.test_database())
+        .collect::<Result<_, _>>()?;
+    drop(claimed);
+    // ... and the pool holds six for the next run, not its size of two.
+    assert_eq!(
+        pool.wait_filled(Duration::from_secs(120))?,
+        6,
+        "{:?}",
+        pool.last_error()
+    );
+    eventually("the refill to end", Duration::from_secs(60), || {
+        Ok(!refill_running(&server, template.key())?)
+    })?;
+    assert_eq!(pool.ready()?, 6, "never beyond the demand");
+    drop(pool);
+    server.drop_database(template.name())?;
+    server.gc(&pg_isolate::GcOptions::default())?;
+    Ok(())
+}
+
+#[test]
+fn a_refill_killed_while_the_server_creates_a_clone_leaves_nothing_gc_cannot_drop() -> TestResult {
+    let server = shared()?;
+    let template = template(&server, &unique_key("killrefill"))?;
+    let pool = template.pool(PoolOptions {
+        size: 30,
+        ..PoolOptions::default()
+    })?;
+    // The refill's psql, caught while its CREATE DATABASE runs.
+    let mut admin = server.admin_client()?;
+    let mut victim = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while victim.is_none() && std::time::Instant::now() < deadline {
+        let rows = admin.query(
+            "SELECT a.query FROM pg_stat_activity a \
+             WHERE a.application_name = 'psql' AND a.state = 'active' \
+               AND a.query LIKE 'CREATE DATABASE \"testdb\\_.new.%' AND a.query LIKE $1",
+            &[&format!("%TEMPLATE \"{}\"%", template.name())],
+        )?;
+        if let Some(row) = rows.first() {
+            let query: String = row.get(0);
+            // The birth name names the psql process: `.new.<place>.<pid hex>.`
+            let birth = query.split('"').nth(1).ok_or("a birth name")?.to_owned();
+            let pid_hex = birth.split('.').nth(3).ok_or("a pid in the birth name")?;
+            victim = Some((birth.clone(), i32::from_str_radix(pid_hex, 16)?));
+        }
+    }
+    let (birth, pid) = victim.ok_or("no refill CREATE DATABASE seen")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    // The server finishes the CREATE DATABASE it was running.
+    eventually(
+        "the killed refill's backend to end",
+        Duration::from_secs(60),
+        || Ok(!refill_running(&server, template.key())?),
+    )?;
+    drop(pool);
+    let report = server.gc(&pg_isolate::GcOptions::default())?;
+    assert!(
+        report.was_dropped(&birth) || !server.database_exists(&birth)?,
+        "{birth} is dropped: {report:?}"
+    );
+    server.drop_database(template.name())?;
+    server.gc(&pg_isolate::GcOptions::default())?;
+    assert!(pool_clones(&server, template.key())?.is_empty());
+    Ok(())
+}
