@@ -56,7 +56,8 @@ const BURST_GAP_MS: u64 = 3_000;
 /// got the clone first, so a clone is never handed out twice. When the pool
 /// is empty a clone is made on the spot.
 ///
-/// A claim that leaves the pool short starts a refill, unless one is
+/// A claim that leaves fewer than half the pool's clones starts a refill
+/// to the full size, unless one is
 /// running on the server (an advisory lock; one refills at a time across
 /// all processes). On the embedded server the refill is a `psql` process of
 /// its own that creates the clones and exits, so it carries on after the
@@ -321,8 +322,13 @@ impl Pool {
         if refilling {
             return Ok(());
         }
+        // Refilled once half of the pool is taken, not on every claim: a
+        // refill competes with the tests for the machine (a clone costs
+        // tens of milliseconds of the server's time and two checkpoints),
+        // and a run that fits in the pool is better served by a refill
+        // after it.
         let target = self.target(&demand)?;
-        if ready < target {
+        if ready < target.div_ceil(2) {
             self.start_refill(target)?;
         }
         Ok(())

@@ -42,12 +42,15 @@ fn pool_hands_out_ready_clones_and_refills() -> TestResult {
         ready_before.difference(&after).count() >= 1,
         "a ready clone was used"
     );
+    // Once half of the pool is taken, it is refilled to its size.
+    let second = pool.test_database()?;
     eventually("the pool to refill", Duration::from_secs(60), || {
         Ok(pool.ready()? >= 3)
     })?;
     assert!(pool.ready()? <= 3, "never beyond its size");
     let name = db.name().to_owned();
     drop(db);
+    drop(second);
     assert!(!server.database_exists(&name)?);
     drop(pool);
     server.drop_database(template.name())?;
