@@ -6,6 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use crate::markers::Markers;
 use crate::owner::{DatabaseKind, OwnerRecord, now};
 use crate::template::{hold_lock, ready_owner, template_name};
 use crate::{DatabaseInfo, Error, Server, birth, names};
@@ -188,6 +189,7 @@ impl Server {
             return crate::rt::off_runtime(|| self.gc(options));
         }
         let prefix = self.prefix();
+        let listed = std::time::SystemTime::now();
         let databases: Vec<DatabaseInfo> = self
             .list_databases()?
             .into_iter()
@@ -253,7 +255,20 @@ impl Server {
                         .template_key
                         .as_deref()
                         .map(|hex| template_name(prefix, hex));
-                    if !template.is_some_and(|t| ready_templates.contains(&t)) {
+                    // A clone claimed through its marker is the claiming
+                    // process's test database.
+                    let holder = owner
+                        .template_key
+                        .as_deref()
+                        .and_then(|key| Markers::of(self, key))
+                        .and_then(|markers| markers.holder(&info.name));
+                    if let Some((holder, _)) = holder {
+                        if holder.is_alive() {
+                            Err(GcReason::OwnerAlive)
+                        } else {
+                            Ok(GcReason::OwnerGone)
+                        }
+                    } else if !template.is_some_and(|t| ready_templates.contains(&t)) {
                         Ok(GcReason::OrphanedPoolClone)
                     } else if older_than(owner.created, options.max_age) {
                         Ok(GcReason::Expired)
@@ -295,6 +310,15 @@ impl Server {
                             .push(entry(info, GcReason::DropFailed(error.to_string())));
                         continue;
                     }
+                    if owner.kind == DatabaseKind::Pool
+                        && !options.dry_run
+                        && let Some(markers) = owner
+                            .template_key
+                            .as_deref()
+                            .and_then(|key| Markers::of(self, key))
+                    {
+                        markers.forget(&info.name);
+                    }
                 }
             }
             if verdict.is_ok() {
@@ -304,6 +328,9 @@ impl Server {
                 Ok(reason) => report.dropped.push(entry(info, reason)),
                 Err(reason) => report.kept.push(entry(info, reason)),
             }
+        }
+        if !options.dry_run {
+            self.sweep_markers(&databases, listed);
         }
         tracing::info!(
             dropped = report.dropped.len(),
@@ -374,6 +401,27 @@ impl Server {
 
     /// The ready templates beyond the [`TemplateBudget`]: least recently
     /// used first out, never one with test databases of a running process.
+    /// Removes the ready markers (older than the listing `listed`) of pool
+    /// clones that are not among `databases` any more.
+    fn sweep_markers(&self, databases: &[DatabaseInfo], listed: std::time::SystemTime) {
+        let Some(pools) = self.state_dir().map(|dir| dir.join("pools")) else {
+            return;
+        };
+        let Ok(keys) = std::fs::read_dir(pools) else {
+            return;
+        };
+        let names: HashSet<&str> = databases.iter().map(|info| info.name.as_str()).collect();
+        for key in keys.filter_map(Result::ok) {
+            if let Some(markers) = key
+                .file_name()
+                .to_str()
+                .and_then(|key| Markers::of(self, key))
+            {
+                markers.sweep(&|name| names.contains(name), listed);
+            }
+        }
+    }
+
     fn over_budget(
         &self,
         databases: &[DatabaseInfo],

@@ -15,7 +15,7 @@ impl TestDatabase {
     /// Until the record is rewritten it names this process, so a kill at
     /// any moment leaves a database that gc reclaims. An `holder` that is
     /// not running is refused ([`Error::HolderGone`]).
-    pub fn hand_over(self, holder: registry::ProcessIdentity) -> Result<String, Error> {
+    pub fn hand_over(mut self, holder: registry::ProcessIdentity) -> Result<String, Error> {
         if !holder.is_alive() {
             return Err(Error::HolderGone { pid: holder.pid });
         }
@@ -24,10 +24,16 @@ impl TestDatabase {
         let mut record = server
             .database_info(&name)?
             .and_then(|info| info.owner)
-            .filter(|owner| owner.kind == DatabaseKind::Test)
+            // A pool clone claimed through its marker still has its pool
+            // record; the new record makes it a test database.
+            .filter(|owner| {
+                owner.kind == DatabaseKind::Test
+                    || (owner.kind == DatabaseKind::Pool && self.marker.is_some())
+            })
             .ok_or_else(|| Error::NotOwned {
                 database: name.clone(),
             })?;
+        record.kind = DatabaseKind::Test;
         record.pid = holder.pid;
         record.start_time = holder.start_time;
         server.with_admin(|client| {
@@ -35,6 +41,7 @@ impl TestDatabase {
                 .batch_execute(&comment_sql(&name, &record))
                 .map_err(|e| Error::sql("writing the owner record of", &name, e))
         })?;
+        self.forget_marker();
         Ok(self.keep())
     }
 }

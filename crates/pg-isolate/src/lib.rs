@@ -27,8 +27,8 @@
 //!   process (one a command-line tool serves), reclaimed by [`Server::gc`]
 //!   once that process is gone.
 //! - [`Template::pool`]: a warm pool of pre-created clones on the server,
-//!   shared by every process, so a test gets its database in about a
-//!   millisecond.
+//!   shared by every process, sized by demand and refilled by a process of
+//!   its own, so a test gets its database in a few milliseconds.
 //! - [`Server::gc`]: drops leaked test databases of dead processes,
 //!   half-created databases, expired test databases, orphaned pool clones,
 //!   idle templates and templates beyond the [`TemplateBudget`] (the 8 most
@@ -110,9 +110,12 @@
 //! and an empty database when that directory does not exist) is read with
 //! [`Format::Auto`]; `fixtures(...)` (relative to the crate root, else to
 //! its `fixtures/`) run after the migrations. Migrations and fixtures are
-//! loaded and hashed once per process into a template
-//! ([`Server::template`], on [`Server::shared`]) and a warm [`Pool`] of its
-//! clones. A test that fails (panics or returns `Err`) keeps its database
+//! loaded and hashed into a template ([`Server::template`], on
+//! [`Server::shared`]) with a warm [`Pool`] of its clones once; the
+//! template's key is remembered with the metadata of the files it came
+//! from, so the next process (nextest runs each test in its own) only
+//! checks those (once per nextest run) and claims a clone without a round
+//! trip to the server. A test that fails (panics or returns `Err`) keeps its database
 //! when `PG_ISOLATE_KEEP_FAILED` is set; otherwise the database is dropped
 //! when the test ends.
 //!
@@ -189,6 +192,7 @@ pub mod __macro {
     pub use crate::macro_support::*;
 }
 mod macro_support;
+mod markers;
 mod names;
 mod owner;
 mod pool;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use postgres::SimpleQueryMessage;
 use registry::ProcessIdentity;
 
+use crate::markers::Markers;
 use crate::owner::{DatabaseKind, OwnerRecord, TOOL};
 use crate::testdb::TestDatabase;
 use crate::{Error, Server, Template, birth, names};
@@ -50,24 +51,28 @@ const BURST_GAP_MS: u64 = 3_000;
 ///
 /// The clones live on the server (named `<prefix>p_<template key>_<random>`
 /// and carrying owner records of kind [`DatabaseKind::Pool`]), so every
-/// process using the same template shares them. [`Pool::test_database`]
-/// claims one by renaming it to a fresh test database name in one
-/// transaction with its new owner record: a rename fails if another process
-/// got the clone first, so a clone is never handed out twice. When the pool
-/// is empty a clone is made on the spot.
+/// process using the same template shares them, and a clone is never
+/// handed out twice. On the embedded server each ready clone also has a
+/// marker file beside the server's state, written once the clone is
+/// committed, and [`Pool::test_database`] claims a clone by renaming its
+/// marker to one naming the claiming process: no round trip to the server
+/// (gc treats a claimed clone as that process's test database). For a
+/// server given by URL a claim renames a clone to a fresh test database
+/// name in one transaction with its new owner record. When the pool is
+/// empty a clone is made on the spot.
 ///
 /// A claim that leaves fewer than half the pool's clones starts a refill
-/// to the full size, unless one is
-/// running on the server (an advisory lock; one refills at a time across
-/// all processes). On the embedded server the refill is a `psql` process of
-/// its own that creates the clones and exits, so it carries on after the
-/// claiming process has exited (a test process under nextest lives for
-/// milliseconds); for a server given by URL it is a thread of the claiming
-/// process. The pool's size follows demand: each process records its
-/// claims in a small file beside the server's state, and the pool is
-/// refilled to as many clones as the last burst of claims took (at least
-/// [`PoolOptions::size`], at most 32 and [`PoolOptions::max_bytes`]), so
-/// the next run of a test suite finds a clone ready for every test.
+/// to the full size, unless one is running (one refills at a time across
+/// all processes, under an advisory lock). On the embedded server the
+/// refill is a `psql` process of its own that creates the clones (and
+/// their markers) and exits, so it carries on after the claiming process
+/// has exited (a test process under nextest lives for milliseconds); for a
+/// server given by URL it is a thread of the claiming process. The pool's
+/// size follows demand: each process records its claims in a small file
+/// beside the server's state, and the pool is refilled to as many clones
+/// as the last burst of claims took (at least [`PoolOptions::size`], at
+/// most 32 and [`PoolOptions::max_bytes`]), so the next run of a test
+/// suite finds a clone ready for every test.
 #[derive(Debug)]
 pub struct Pool {
     template: Template,
@@ -96,6 +101,9 @@ struct Shared {
     /// Whether the template is known to exist complete (see
     /// [`Pool::of_key`]).
     checked: AtomicBool,
+    /// The embedded server's ready markers (claims without a round trip);
+    /// `None`: claims rename clones on the server.
+    markers: Option<Markers>,
 }
 
 /// A refill this handle started.
@@ -143,6 +151,12 @@ impl Pool {
             names::literal(&pattern),
             names::literal(POOL_KIND_LIKE),
         );
+        let markers = Markers::of(template.server(), template.key()).filter(|markers| {
+            markers
+                .ensure()
+                .map_err(|error| tracing::debug!(%error, "no pool markers; claiming on the server"))
+                .is_ok()
+        });
         Self {
             template,
             shared: Arc::new(Shared {
@@ -155,6 +169,7 @@ impl Pool {
                 last_error: Mutex::default(),
                 stop: AtomicBool::new(false),
                 checked: AtomicBool::new(checked),
+                markers,
             }),
             owns: true,
         }
@@ -209,7 +224,9 @@ impl Pool {
         }
     }
 
-    /// Claims a ready clone in one round trip: a `DO` block tries up to
+    /// Claims a ready clone: on the embedded server by renaming a ready
+    /// marker (see the `markers` module; no round trip), else in one round
+    /// trip: a `DO` block tries up to
     /// eight candidates in random order, renaming one to a fresh test
     /// database name and writing its owner record in the same transaction;
     /// a candidate another process renamed first fails with
@@ -220,6 +237,14 @@ impl Pool {
     /// created) is never claimed.
     fn claim(&self) -> Result<Option<TestDatabase>, Error> {
         let server = self.template.server();
+        if let Some(markers) = &self.shared.markers {
+            return Ok(markers.claim().map(|(name, marker)| {
+                tracing::debug!(database = %name, "claimed pool clone by its marker");
+                let mut db = TestDatabase::adopt(server, name);
+                db.marker = Some(marker);
+                db
+            }));
+        }
         let mut record = OwnerRecord::new(DatabaseKind::Test, None);
         record.template_key = Some(self.template.key().to_owned());
         let name = TestDatabase::fresh_name(server);
@@ -427,6 +452,9 @@ impl Pool {
             pid: child.id(),
             start_time: 0,
         });
+        if let Some(markers) = &self.shared.markers {
+            markers.note_refill(creator);
+        }
         let script = self.refill_script(target, creator);
         if let Some(mut stdin) = child.stdin.take() {
             // A psql that failed to start reports it on stderr (reaped
@@ -453,15 +481,32 @@ impl Pool {
         let (k1, k2) = self.shared.lock;
         let mut script =
             format!("SELECT pg_try_advisory_lock({k1}, {k2}) AS locked \\gset\n\\if :locked\n");
+        // What counts as ready: the ready markers (listed by the server),
+        // else the clones on the server.
+        let ready = match &self.shared.markers {
+            Some(markers) => format!(
+                "SELECT count(*) FROM pg_ls_dir({}, true, false)",
+                names::literal(&markers.ready_dir().display().to_string())
+            ),
+            None => self.shared.ready_sql.clone(),
+        };
         for _ in 0..target.saturating_mul(2) {
             let (name, record) = new_clone(&self.template, &self.shared, creator);
             let birth = birth::birth_name_for(server.prefix(), creator);
             let (create, finish) =
                 server.creation_sql(&birth, &name, Some(self.template.name()), None, &record);
             script.push_str(&format!(
-                "SELECT ({}) < {target} AS more \\gset\n\\if :more\n{create};\nBEGIN;\n{finish};\nCOMMIT;\n\\endif\n",
-                self.shared.ready_sql
+                "SELECT ({ready}) < {target} AS more \\gset\n\\if :more\n{create};\nBEGIN;\n{finish};\nCOMMIT;\n"
             ));
+            if let Some(markers) = &self.shared.markers {
+                // The marker, made once the clone is committed, holds its oid.
+                script.push_str(&format!(
+                    "\\o {}\nSELECT oid FROM pg_database WHERE datname = {};\n\\o\n",
+                    Markers::psql_arg(&markers.ready_dir().join(&name)),
+                    names::literal(&name)
+                ));
+            }
+            script.push_str("\\endif\n");
         }
         script.push_str("\\endif\n");
         script
@@ -664,8 +709,12 @@ const POOL_KIND: &str = "pool";
 /// test). The claim also checks the parsed JSON.
 const POOL_KIND_LIKE: &str = r#"{"tool":"pg-isolate","kind":"pool",%"#;
 
-/// Ready clones of the pool and whether a refill holds its lock.
+/// Ready clones of the pool and whether a refill holds its lock (on the
+/// embedded server: ready markers and whether the last refill runs).
 fn status(template: &Template, shared: &Shared) -> Result<(usize, bool), Error> {
+    if let Some(markers) = &shared.markers {
+        return Ok((markers.ready(), markers.refilling()));
+    }
     let (k1, k2) = shared.lock;
     let sql = format!(
         "SELECT ({})::text, (EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \

@@ -145,8 +145,18 @@ impl Server {
     /// `PG_ISOLATE_URL`, else the host's embedded server (attached when
     /// running, started when not).
     pub fn connect(options: ServerOptions) -> Result<Self, Error> {
+        Self::open(options, false)
+    }
+
+    /// [`Server::connect`]; with `lazy`, the embedded server's first admin
+    /// connection is opened on a thread of its own (holding the start lock
+    /// until it is, so the idle watchdog cannot stop the server meanwhile)
+    /// and the caller goes on at once: what needs no connection (a pool
+    /// claim of the embedded server, a URL) costs none, and the connection
+    /// is ready for what comes later (dropping the test's database).
+    fn open(options: ServerOptions, lazy: bool) -> Result<Self, Error> {
         if rt::in_runtime() {
-            return rt::off_runtime(|| Self::connect(options));
+            return rt::off_runtime(|| Self::open(options, lazy));
         }
         names::validate_prefix(&options.prefix)?;
         let given = options
@@ -163,12 +173,6 @@ impl Server {
             let attached = embedded::attach(&options.embedded)?;
             let url = ServerUrl::parse(&attached.url)?;
             let admin_database = "postgres".to_owned();
-            // Connect while the start lock is still held (see `Attached`):
-            // over the socket when it answers, else over TCP.
-            let (client, socket) = match socket_client(&attached, &admin_database) {
-                Some((client, socket)) => (client, Some(socket)),
-                None => (connect_url(&url.database(&admin_database))?, None),
-            };
             let embedded = Embedded {
                 dir: attached.dir.clone(),
                 psql: attached.psql.clone(),
@@ -176,28 +180,96 @@ impl Server {
                 recovery: Mutex::new(attached.recovery.clone()),
             };
             let major = attached.major;
+            if lazy && let Some(socket) = attached.socket_url.as_deref() {
+                let socket = ServerUrl::parse(socket)?;
+                let server = Self::new(
+                    url,
+                    Some(socket),
+                    admin_database,
+                    major,
+                    options,
+                    None,
+                    Some(embedded),
+                );
+                server.connect_behind(attached);
+                return Ok(server);
+            }
+            // Connect while the start lock is still held (see `Attached`):
+            // over the socket when it answers, else over TCP.
+            let (client, socket) = match socket_client(&attached, &admin_database) {
+                Some((client, socket)) => (client, Some(socket)),
+                None => (connect_url(&url.database(&admin_database))?, None),
+            };
             drop(attached);
             (url, admin_database, client, Some(embedded), major, socket)
         };
-        let server = Self {
+        let server = Self::new(
+            url,
+            socket,
+            admin_database,
+            major,
+            options,
+            Some(client),
+            embedded,
+        );
+        server.auto_gc();
+        Ok(server)
+    }
+
+    fn new(
+        url: ServerUrl,
+        socket: Option<ServerUrl>,
+        admin_database: String,
+        major: u32,
+        options: ServerOptions,
+        client: Option<Client>,
+        embedded: Option<Embedded>,
+    ) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 url: RwLock::new(url),
                 socket: RwLock::new(socket),
                 admin_database,
                 major,
                 options,
-                idle: Mutex::new(vec![client]),
+                idle: Mutex::new(client.into_iter().collect()),
                 embedded,
                 holds: Mutex::new(Holds::default()),
             }),
-        };
-        server.auto_gc();
-        Ok(server)
+        }
     }
 
-    /// The process-wide handle for [`ServerOptions::default()`], connected
-    /// on first use and shared by every later caller (for example every
-    /// test of a `cargo test` binary), so a process attaches only once.
+    /// The lazy attach's first connection and automatic gc, on a thread
+    /// that holds the start lock (`attached`) until it has connected.
+    fn connect_behind(&self, attached: embedded::Attached) {
+        let server = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("pg-isolate-connect".to_owned())
+            .spawn(move || {
+                match connect_url(&server.fast_url(&server.inner.admin_database)) {
+                    Ok(client) => server
+                        .inner
+                        .idle
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(client),
+                    Err(error) => {
+                        tracing::debug!(%error, "the embedded server's first connection failed")
+                    }
+                }
+                drop(attached);
+                server.auto_gc();
+            });
+        if let Err(error) = spawned {
+            tracing::debug!(%error, "cannot connect in the background; connecting on first use");
+        }
+    }
+
+    /// The process-wide handle for [`ServerOptions::default()`], made on
+    /// first use and shared by every later caller (for example every test
+    /// of a `cargo test` binary), so a process attaches only once. The
+    /// embedded server is attached (started when not running) before this
+    /// returns, but its first connection is opened in the background.
     pub fn shared() -> Result<Self, Error> {
         static SHARED: Mutex<Option<Server>> = Mutex::new(None);
         let mut shared = SHARED
@@ -206,7 +278,7 @@ impl Server {
         if let Some(server) = shared.as_ref() {
             return Ok(server.clone());
         }
-        let server = Self::connect(ServerOptions::default())?;
+        let server = Self::open(ServerOptions::default(), true)?;
         *shared = Some(server.clone());
         Ok(server)
     }
@@ -351,6 +423,13 @@ impl Server {
                 Some(dir)
             }
         }
+    }
+
+    /// `data/base` of the embedded cluster (where each database's files
+    /// live, in a directory named by its oid); `None` for a server given
+    /// by URL.
+    pub(crate) fn embedded_base_dir(&self) -> Option<PathBuf> {
+        Some(self.inner.embedded.as_ref()?.dir.join("data").join("base"))
     }
 
     /// A `psql` ready to run a script (on its standard input) against the

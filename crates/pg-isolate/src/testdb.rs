@@ -22,6 +22,9 @@ pub struct TestDatabase {
     view: bool,
     /// Set by [`TestDatabase::keep`] on any handle of the database.
     kept: Arc<AtomicBool>,
+    /// The taken marker of a pool clone claimed without the server (see
+    /// the `markers` module), removed once the database is dropped.
+    pub(crate) marker: Option<std::path::PathBuf>,
 }
 
 /// Attempts at a fresh random name before giving up.
@@ -70,6 +73,7 @@ impl TestDatabase {
             keep: false,
             view: false,
             kept: Arc::default(),
+            marker: None,
         }
     }
 
@@ -82,6 +86,7 @@ impl TestDatabase {
             keep: false,
             view: true,
             kept: Arc::clone(&self.kept),
+            marker: None,
         }
     }
 
@@ -113,7 +118,17 @@ impl TestDatabase {
     #[cfg(feature = "tokio")]
     pub(crate) fn drop_now(mut self) -> Result<(), Error> {
         self.keep = true;
-        self.server.drop_owned(&self.name, false)
+        self.server.drop_owned(&self.name, false)?;
+        self.forget_marker();
+        Ok(())
+    }
+
+    /// Removes the taken marker of a claimed pool clone (dropped, or now
+    /// owned by its record).
+    pub(crate) fn forget_marker(&mut self) {
+        if let Some(marker) = self.marker.take() {
+            let _ = std::fs::remove_file(marker);
+        }
     }
 
     /// Keeps the database after the handle is dropped (it stays ours: `gc`
@@ -146,8 +161,11 @@ impl Drop for TestDatabase {
             }
             return;
         }
-        if let Err(error) = self.server.drop_owned(&self.name, false) {
-            tracing::warn!(database = %self.name, error = %error, "could not drop test database");
+        match self.server.drop_owned(&self.name, false) {
+            Ok(()) => self.forget_marker(),
+            Err(error) => {
+                tracing::warn!(database = %self.name, error = %error, "could not drop test database");
+            }
         }
     }
 }

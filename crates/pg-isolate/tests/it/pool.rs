@@ -31,17 +31,14 @@ fn pool_hands_out_ready_clones_and_refills() -> TestResult {
     );
     let ready_before: HashSet<String> = pool_clones(&server, template.key())?;
     let db = pool.test_database()?;
-    assert!(db.name().starts_with("testdb_t_"));
+    // A clone claimed through its marker keeps its name.
+    assert!(ready_before.contains(db.name()), "{}", db.name());
+    assert_eq!(pool.ready()?, 2, "one of three was claimed");
     let count: i64 = db
         .client()?
         .query_one("SELECT count(*) FROM things", &[])?
         .get(0);
     assert_eq!(count, 1);
-    let after: HashSet<String> = pool_clones(&server, template.key())?;
-    assert!(
-        ready_before.difference(&after).count() >= 1,
-        "a ready clone was used"
-    );
     // Once half of the pool is taken, it is refilled to its size.
     let second = pool.test_database()?;
     eventually("the pool to refill", Duration::from_secs(60), || {
@@ -52,6 +49,7 @@ fn pool_hands_out_ready_clones_and_refills() -> TestResult {
     drop(db);
     drop(second);
     assert!(!server.database_exists(&name)?);
+    let after: HashSet<String> = pool_clones(&server, template.key())?;
     drop(pool);
     server.drop_database(template.name())?;
     let report = server.gc(&pg_isolate::GcOptions::default())?;
@@ -201,7 +199,6 @@ fn only_pool_clones_are_ever_claimed() -> TestResult {
     assert!(pool.ready()? <= 2);
     for _ in 0..3 {
         let db = pool.test_database()?;
-        assert!(db.name().starts_with("testdb_t_"), "{}", db.name());
         let count: i64 = db
             .client()?
             .query_one("SELECT count(*) FROM things", &[])?
@@ -368,5 +365,78 @@ fn a_refill_killed_while_the_server_creates_a_clone_leaves_nothing_gc_cannot_dro
     server.drop_database(template.name())?;
     server.gc(&pg_isolate::GcOptions::default())?;
     assert!(pool_clones(&server, template.key())?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn a_clone_claimed_by_a_killed_process_goes_with_gc_and_a_stale_marker_is_skipped() -> TestResult {
+    use std::io::BufRead as _;
+    if let Some(args) = child::args() {
+        let server = shared()?;
+        let template = template(&server, args[0].as_bytes())?;
+        let pool = template.pool(PoolOptions {
+            size: 2,
+            ..PoolOptions::default()
+        })?;
+        pool.wait_filled(Duration::from_secs(60))?;
+        let db = pool.test_database()?;
+        emit("DB", db.name());
+        // Killed here, holding the database.
+        std::thread::sleep(Duration::from_secs(600));
+        return Ok(());
+    }
+    let key = String::from_utf8(unique_key("killedholder"))?;
+    let mut holder = child::spawn(
+        "pool::a_clone_claimed_by_a_killed_process_goes_with_gc_and_a_stale_marker_is_skipped",
+        std::slice::from_ref(&key),
+    )?;
+    let stdout = holder.stdout.take().ok_or("the child's stdout")?;
+    let mut claimed = None;
+    for line in std::io::BufReader::new(stdout).lines() {
+        if let Some(name) = line?.strip_prefix("DB ") {
+            claimed = Some(name.to_owned());
+            break;
+        }
+    }
+    let claimed = claimed.ok_or("the child claimed no clone")?;
+    let server = shared()?;
+    let report = server.gc(&pg_isolate::GcOptions::default())?;
+    assert!(!report.was_dropped(&claimed), "kept while its holder runs");
+    holder.kill()?;
+    holder.wait()?;
+    let report = server.gc(&pg_isolate::GcOptions::default())?;
+    assert!(report.was_dropped(&claimed), "{report:?}");
+    assert!(!server.database_exists(&claimed)?);
+
+    // A ready clone dropped behind the pool's back: its marker is skipped.
+    let template = template(&server, key.as_bytes())?;
+    let pool = template.pool(PoolOptions {
+        size: 2,
+        ..PoolOptions::default()
+    })?;
+    pool.wait_filled(Duration::from_secs(60))?;
+    eventually("the refill to end", Duration::from_secs(60), || {
+        Ok(!refill_running(&server, template.key())?)
+    })?;
+    let ready: Vec<String> = pool_clones(&server, template.key())?.into_iter().collect();
+    let gone = ready.first().ok_or("a ready clone")?.clone();
+    server
+        .admin_client()?
+        .batch_execute(&format!("DROP DATABASE \"{gone}\""))?;
+    for _ in 0..3 {
+        let db = pool.test_database()?;
+        assert_ne!(db.name(), gone);
+        let count: i64 = db
+            .client()?
+            .query_one("SELECT count(*) FROM things", &[])?
+            .get(0);
+        assert_eq!(count, 1);
+    }
+    drop(pool);
+    eventually("the refill to end", Duration::from_secs(60), || {
+        Ok(!refill_running(&server, template.key())?)
+    })?;
+    server.drop_database(template.name())?;
+    server.gc(&pg_isolate::GcOptions::default())?;
     Ok(())
 }

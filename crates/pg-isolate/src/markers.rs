@@ -1,0 +1,182 @@
+//! The embedded server's pool markers: a file per ready pool clone, which
+//! a process claims by renaming it, with no round trip to the server.
+//!
+//! ```text
+//! <state dir>/pools/<template key>/ready/<clone>          written by the refill after the clone is committed
+//! <state dir>/pools/<template key>/taken/<clone>.<pid>.<start time>   renamed there by the claiming process
+//! <state dir>/pools/<template key>/refill                 pid and start time of the last refill's psql
+//! ```
+//!
+//! A rename has exactly one winner, so a clone is never handed out twice.
+//! A ready marker holds the clone's oid (written after its creation
+//! committed, so a marker never names a clone that was not made); a claim
+//! checks that the database's directory still exists, so a marker that
+//! outlived its clone (a cluster made anew) is skipped and removed. gc keeps
+//! a claimed clone while the process named by its taken marker runs and
+//! drops it once that process is gone, as any test database.
+
+use std::fs;
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::{Path, PathBuf};
+
+use registry::ProcessIdentity;
+
+use crate::Server;
+
+/// The markers of one template's pool.
+#[derive(Debug, Clone)]
+pub(crate) struct Markers {
+    dir: PathBuf,
+    /// `data/base` of the cluster, where a database's files live.
+    base: PathBuf,
+}
+
+impl Markers {
+    /// The markers of the pool of template `key` on `server`: only for the
+    /// embedded server (whose refill can write them), and only where the
+    /// path can be written into a `psql` script as it is.
+    pub(crate) fn of(server: &Server, key: &str) -> Option<Self> {
+        let base = server.embedded_base_dir()?;
+        let dir = server.state_dir()?.join("pools").join(key);
+        let plain = dir
+            .to_str()
+            .is_some_and(|d| !d.contains(['\'', '\\', ':', '`', '\n', '\r']));
+        plain.then_some(Self { dir, base })
+    }
+
+    pub(crate) fn ready_dir(&self) -> PathBuf {
+        self.dir.join("ready")
+    }
+
+    fn taken_dir(&self) -> PathBuf {
+        self.dir.join("taken")
+    }
+
+    /// Makes the directories, readable by the server account (the refill
+    /// counts the ready markers with `pg_ls_dir`).
+    pub(crate) fn ensure(&self) -> std::io::Result<()> {
+        for dir in [self.ready_dir(), self.taken_dir()] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)?;
+        }
+        Ok(())
+    }
+
+    /// The number of ready markers.
+    pub(crate) fn ready(&self) -> usize {
+        fs::read_dir(self.ready_dir()).map_or(0, |entries| entries.count())
+    }
+
+    /// Claims a ready clone for this process: its name and taken marker.
+    pub(crate) fn claim(&self) -> Option<(String, PathBuf)> {
+        let mut names: Vec<String> = fs::read_dir(self.ready_dir())
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        // Processes claiming at once start at different clones.
+        let start = crate::names::token().bytes().fold(0usize, |h, b| {
+            h.wrapping_mul(31).wrapping_add(usize::from(b))
+        });
+        if !names.is_empty() {
+            let len = names.len();
+            names.rotate_left(start % len);
+        }
+        let me = ProcessIdentity::current();
+        for name in names {
+            let ready = self.ready_dir().join(&name);
+            let taken = self
+                .taken_dir()
+                .join(format!("{name}.{}.{}", me.pid, me.start_time));
+            if fs::rename(&ready, &taken).is_err() {
+                continue;
+            }
+            let oid = fs::read_to_string(&taken).unwrap_or_default();
+            let oid = oid.trim();
+            // An empty marker is one being written: its clone was
+            // committed before the file was made.
+            if oid.is_empty() || self.base.join(oid).is_dir() {
+                return Some((name, taken));
+            }
+            tracing::debug!(clone = %name, oid, "skipping the marker of a clone that is gone");
+            let _ = fs::remove_file(&taken);
+        }
+        None
+    }
+
+    /// Whether the last refill started for this pool still runs.
+    pub(crate) fn refilling(&self) -> bool {
+        fs::read_to_string(self.dir.join("refill"))
+            .ok()
+            .and_then(|text| {
+                let (pid, start) = text.trim().split_once(' ')?;
+                Some(ProcessIdentity {
+                    pid: pid.parse().ok()?,
+                    start_time: start.parse().ok()?,
+                })
+            })
+            .is_some_and(|refill| refill.is_alive())
+    }
+
+    /// Records the refill `psql` just started.
+    pub(crate) fn note_refill(&self, refill: ProcessIdentity) {
+        let path = self.dir.join("refill");
+        let text = format!("{} {}", refill.pid, refill.start_time);
+        if let Err(error) = registry::write_atomically(&path, text.as_bytes(), 0o644) {
+            tracing::debug!(path = %path.display(), %error, "cannot record the pool's refill");
+        }
+    }
+
+    /// The taken marker of clone `name` and the process it names, if the
+    /// clone was claimed.
+    pub(crate) fn holder(&self, name: &str) -> Option<(ProcessIdentity, PathBuf)> {
+        let prefix = format!("{name}.");
+        fs::read_dir(self.taken_dir()).ok()?.find_map(|entry| {
+            let entry = entry.ok()?;
+            let file = entry.file_name().into_string().ok()?;
+            let (pid, start) = file.strip_prefix(&prefix)?.split_once('.')?;
+            Some((
+                ProcessIdentity {
+                    pid: pid.parse().ok()?,
+                    start_time: start.parse().ok()?,
+                },
+                entry.path(),
+            ))
+        })
+    }
+
+    /// Removes every marker of clone `name` (dropped).
+    pub(crate) fn forget(&self, name: &str) {
+        let _ = fs::remove_file(self.ready_dir().join(name));
+        if let Some((_, taken)) = self.holder(name) {
+            let _ = fs::remove_file(taken);
+        }
+    }
+
+    /// Removes ready markers older than `before` whose clone is not among
+    /// `existing` (dropped behind the pool's back).
+    pub(crate) fn sweep(&self, existing: &dyn Fn(&str) -> bool, before: std::time::SystemTime) {
+        let Ok(entries) = fs::read_dir(self.ready_dir()) else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|modified| modified < before);
+            if old && !existing(&name) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// `path` as a single-quoted `psql` meta-command argument (the paths
+    /// [`Markers::of`] accepts need no escaping).
+    pub(crate) fn psql_arg(path: &Path) -> String {
+        format!("'{}'", path.display())
+    }
+}
