@@ -23,9 +23,10 @@ use crate::{Error, Server, Template, birth, names};
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
     /// The fewest clones to keep ready (default 4; 0: no pool). The pool
-    /// grows to the demand it has seen: as many clones as the last burst
-    /// of claims took (claims less than three seconds apart, a test run),
-    /// up to 32.
+    /// grows to the demand it has seen: as many clones as the largest of
+    /// the last three bursts of claims took (claims less than three
+    /// seconds apart, a test run),
+    /// up to 64.
     pub size: usize,
     /// The most disk the ready clones may use together, estimated from the
     /// template's size (default 2 GiB); caps the pool for big templates.
@@ -42,7 +43,7 @@ impl Default for PoolOptions {
 }
 
 /// The most clones demand can ask a pool to keep ready.
-const MAX_DEMAND: u64 = 32;
+const MAX_DEMAND: u64 = 64;
 
 /// Claims further apart than this start a new burst (a new test run).
 const BURST_GAP_MS: u64 = 3_000;
@@ -70,8 +71,8 @@ const BURST_GAP_MS: u64 = 3_000;
 /// server given by URL it is a thread of the claiming process. The pool's
 /// size follows demand: each process records its claims in a small file
 /// beside the server's state, and the pool is refilled to as many clones
-/// as the last burst of claims took (at least [`PoolOptions::size`], at
-/// most 32 and [`PoolOptions::max_bytes`]), so the next run of a test
+/// as the largest of the last three bursts of claims took (at least [`PoolOptions::size`], at
+/// most 64 and [`PoolOptions::max_bytes`]), so the next run of a test
 /// suite finds a clone ready for every test.
 #[derive(Debug)]
 pub struct Pool {
@@ -654,14 +655,16 @@ impl Drop for Pool {
 }
 
 /// What a pool's claims asked for, kept in its demand file as
-/// `last claims previous per_clone` (milliseconds since the epoch, claims
-/// in the current burst, claims of the burst before, bytes of a clone).
+/// `last claims previous per_clone earlier` (milliseconds since the epoch,
+/// claims in the current burst, claims of the burst before, bytes of a
+/// clone, claims of the burst before that).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Demand {
     last: u64,
     claims: u64,
     previous: u64,
     per_clone: u64,
+    earlier: u64,
 }
 
 impl Demand {
@@ -673,11 +676,13 @@ impl Demand {
             claims: next(),
             previous: next(),
             per_clone: next(),
+            earlier: next(),
         }
     }
 
     fn claim(&mut self, now: u64) {
         if now.saturating_sub(self.last) > BURST_GAP_MS && self.claims > 0 {
+            self.earlier = self.previous;
             self.previous = self.claims;
             self.claims = 0;
         }
@@ -685,9 +690,11 @@ impl Demand {
         self.last = now;
     }
 
-    /// Clones the next burst is expected to take.
+    /// Clones the next burst is expected to take: the most of the last
+    /// three (a `cargo test` and a `cargo nextest run` right after it are
+    /// one burst, alone each another).
     fn want(&self) -> u64 {
-        self.claims.max(self.previous)
+        self.claims.max(self.previous).max(self.earlier)
     }
 }
 
@@ -695,8 +702,8 @@ impl std::fmt::Display for Demand {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} {} {} {}",
-            self.last, self.claims, self.previous, self.per_clone
+            "{} {} {} {} {}",
+            self.last, self.claims, self.previous, self.per_clone, self.earlier
         )
     }
 }
@@ -823,8 +830,11 @@ mod tests {
         for i in 0..5 {
             demand.claim(60_100 + i);
         }
-        // A smaller run lowers the demand after it.
+        // Smaller runs lower the demand once the big one is three runs
+        // back.
         demand.claim(120_000);
+        assert_eq!(demand.want(), 20);
+        demand.claim(180_000);
         assert_eq!(demand.want(), 6);
         demand.per_clone = 7 << 20;
         assert_eq!(Demand::parse(&demand.to_string()), demand);
