@@ -16,8 +16,6 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use serde::{Deserialize, Serialize};
-
 use crate::{
     Error, Format, MigrateError, Migrations, Pool, PoolOptions, Server, Target, TestDatabase,
 };
@@ -103,12 +101,51 @@ fn key_version() -> String {
 }
 
 /// A setup's template key with the metadata of every file and directory
-/// it was made from, as remembered in the server's state directory.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// it was made from, as remembered in the server's state directory: lines
+/// of text (a JSON parse of some 900 stamps takes longer in a debug build
+/// than checking them), the version, the key, then a stamp per line.
+#[derive(Debug, PartialEq, Eq)]
 struct Remembered {
     version: String,
     key: String,
     stamps: Vec<Stamp>,
+}
+
+impl Remembered {
+    fn to_text(&self) -> Option<String> {
+        let mut text = format!("{}\n{}\n", self.version, self.key);
+        for stamp in &self.stamps {
+            let path = stamp.path.to_str().filter(|p| !p.contains(['\n', '\r']))?;
+            text.push_str(&format!(
+                "{} {} {} {} {path}\n",
+                stamp.len, stamp.ino, stamp.mtime_ns, stamp.ctime_ns
+            ));
+        }
+        Some(text)
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let mut lines = text.lines();
+        let version = lines.next()?.to_owned();
+        let key = lines.next()?.to_owned();
+        let stamps = lines
+            .map(|line| {
+                let mut fields = line.splitn(5, ' ');
+                Some(Stamp {
+                    len: fields.next()?.parse().ok()?,
+                    ino: fields.next()?.parse().ok()?,
+                    mtime_ns: fields.next()?.parse().ok()?,
+                    ctime_ns: fields.next()?.parse().ok()?,
+                    path: PathBuf::from(fields.next()?),
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self {
+            version,
+            key,
+            stamps,
+        })
+    }
 }
 
 /// The id of the nextest run this process is a test of.
@@ -121,7 +158,7 @@ fn nextest_run() -> Option<String> {
 /// What changes when a file or directory does: a directory's `mtime`
 /// moves when an entry is added, removed or renamed in it, a file's
 /// `ctime` on any write (or `touch`, or replacement).
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 struct Stamp {
     path: PathBuf,
     len: u64,
@@ -193,7 +230,7 @@ impl SetupFiles {
             server
                 .state_dir()?
                 .join("setups")
-                .join(format!("{}.json", crate::names::hex(&digest[..8]))),
+                .join(format!("{}.memo", crate::names::hex(&digest[..8]))),
         )
     }
 
@@ -211,8 +248,8 @@ impl SetupFiles {
         {
             return Some(key.to_owned());
         }
-        let text = std::fs::read(&path).ok()?;
-        let memo: Remembered = serde_json::from_slice(&text).ok()?;
+        let text = std::fs::read_to_string(&path).ok()?;
+        let memo = Remembered::parse(&text)?;
         if memo.version != key_version() || !memo.stamps.iter().all(Stamp::holds) {
             return None;
         }
@@ -294,10 +331,19 @@ fn remember_run(memo: &Path, key: &str) {
         return;
     };
     let path = memo.with_extension("run");
-    if let Err(error) = registry::write_atomically(&path, format!("{run} {key}").as_bytes(), 0o644)
-    {
+    if let Err(error) = replace(&path, format!("{run} {key}").as_bytes()) {
         tracing::debug!(path = %path.display(), %error, "cannot remember the checked run");
     }
+}
+
+/// Replaces `path` atomically (a reader sees the old or the new), not
+/// durably: a memo lost to a crash is only made again.
+fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", crate::names::token()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 /// Writes a setup's memo (atomically: a reader sees the old or the new).
@@ -306,8 +352,10 @@ fn write_memo(path: &Path, memo: &Remembered) {
         .parent()
         .map_or(Ok(()), std::fs::create_dir_all)
         .and_then(|()| {
-            let json = serde_json::to_vec(memo).map_err(std::io::Error::other)?;
-            registry::write_atomically(path, &json, 0o644)
+            let text = memo
+                .to_text()
+                .ok_or_else(|| std::io::Error::other("a path with a line break"))?;
+            replace(path, text.as_bytes())
         });
     if let Err(error) = result {
         tracing::debug!(path = %path.display(), %error, "cannot remember the test setup");
@@ -570,5 +618,49 @@ impl FromTestDatabaseAsync for sqlx::PgConnection {
                 .await
                 .unwrap_or_else(|e| fail("connecting to the test database", e))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_memo_reads_back_as_written() {
+        let memo = Remembered {
+            version: key_version(),
+            key: "00ff00ff00ff00ff".to_owned(),
+            stamps: vec![
+                Stamp {
+                    path: PathBuf::from("/a dir/with spaces/up.sql"),
+                    len: 12,
+                    ino: 99,
+                    mtime_ns: 1_700_000_000_123_456_789,
+                    ctime_ns: -5,
+                },
+                Stamp {
+                    path: PathBuf::from("/m"),
+                    len: 0,
+                    ino: 1,
+                    mtime_ns: 0,
+                    ctime_ns: 0,
+                },
+            ],
+        };
+        let text = memo.to_text().expect("plain paths");
+        assert_eq!(Remembered::parse(&text), Some(memo));
+        assert_eq!(Remembered::parse("v\nkey\n1 2 x 4 /p\n"), None);
+        let broken = Remembered {
+            version: String::new(),
+            key: String::new(),
+            stamps: vec![Stamp {
+                path: PathBuf::from("a\nb"),
+                len: 0,
+                ino: 0,
+                mtime_ns: 0,
+                ctime_ns: 0,
+            }],
+        };
+        assert_eq!(broken.to_text(), None, "a line break is not remembered");
     }
 }
