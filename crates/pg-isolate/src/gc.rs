@@ -83,6 +83,9 @@ pub enum GcReason {
     /// owner record and final name not yet written) by a process that is
     /// gone.
     HalfCreated,
+    /// Dropped: a pool clone its test released (the test ended) for the
+    /// pool's refill to drop.
+    Released,
     /// Dropped: its name matched the prefix given to
     /// [`Server::drop_databases_with_prefix`].
     MatchedPrefix,
@@ -117,6 +120,7 @@ impl std::fmt::Display for GcReason {
             Self::HalfBuiltTemplate => f.write_str("half-built template whose builder is gone"),
             Self::OverBudget => f.write_str("template beyond the budget, least recently used"),
             Self::HalfCreated => f.write_str("half-created database whose creator is gone"),
+            Self::Released => f.write_str("released by its test"),
             Self::MatchedPrefix => f.write_str("name matched the prefix"),
             Self::NoOwnerRecord => f.write_str("no pg-isolate owner record"),
             Self::OwnerAlive => f.write_str("owner process is running"),
@@ -262,7 +266,14 @@ impl Server {
                         .as_deref()
                         .and_then(|key| Markers::of(self, key))
                         .and_then(|markers| markers.holder(&info.name));
-                    if let Some((holder, _)) = holder {
+                    let released = owner
+                        .template_key
+                        .as_deref()
+                        .and_then(|key| Markers::of(self, key))
+                        .is_some_and(|markers| markers.released(&info.name));
+                    if released {
+                        Ok(GcReason::Released)
+                    } else if let Some((holder, _)) = holder {
                         if holder.is_alive() {
                             Err(GcReason::OwnerAlive)
                         } else {

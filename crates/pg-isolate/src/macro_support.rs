@@ -485,6 +485,20 @@ impl Guard {
     }
 }
 
+impl Drop for Guard {
+    /// The test is over: its database is released for the pool's refill
+    /// to drop (see `TestDatabase::release`), unless the test is panicking
+    /// (then the database's own drop keeps it, with
+    /// `PG_ISOLATE_KEEP_FAILED`, or drops it).
+    fn drop(&mut self) {
+        if let Some(db) = self.db.take()
+            && !std::thread::panicking()
+        {
+            db.release();
+        }
+    }
+}
+
 /// Whether a test's return value says it failed.
 pub trait Outcome {
     /// `true` for an `Err`.

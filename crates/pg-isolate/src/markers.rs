@@ -4,6 +4,7 @@
 //! ```text
 //! <state dir>/pools/<template key>/ready/<clone>          written by the refill after the clone is committed
 //! <state dir>/pools/<template key>/taken/<clone>.<pid>.<start time>   renamed there by the claiming process
+//! <state dir>/pools/<template key>/trash/<clone>.<pid>.<start time>   released by its test, for the refill to drop
 //! <state dir>/pools/<template key>/refill                 pid and start time of the last refill's psql
 //! ```
 //!
@@ -52,10 +53,14 @@ impl Markers {
         self.dir.join("taken")
     }
 
+    fn trash_dir(&self) -> PathBuf {
+        self.dir.join("trash")
+    }
+
     /// Makes the directories, readable by the server account (the refill
     /// counts the ready markers with `pg_ls_dir`).
     pub(crate) fn ensure(&self) -> std::io::Result<()> {
-        for dir in [self.ready_dir(), self.taken_dir()] {
+        for dir in [self.ready_dir(), self.taken_dir(), self.trash_dir()] {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o755)
@@ -152,6 +157,53 @@ impl Markers {
         if let Some((_, taken)) = self.holder(name) {
             let _ = fs::remove_file(taken);
         }
+        for (trashed, marker) in self.trash() {
+            if trashed == name {
+                let _ = fs::remove_file(marker);
+            }
+        }
+    }
+
+    /// Releases a claimed clone (its taken marker `taken`) for the refill
+    /// to drop: the marker moves to `trash/`.
+    pub(crate) fn release(taken: &Path) -> std::io::Result<()> {
+        let file = taken
+            .file_name()
+            .ok_or_else(|| std::io::Error::other("a marker without a name"))?;
+        let pool = taken
+            .parent()
+            .and_then(Path::parent)
+            .ok_or_else(|| std::io::Error::other("a marker outside a pool"))?;
+        fs::rename(taken, pool.join("trash").join(file))
+    }
+
+    /// Whether clone `name` was released.
+    pub(crate) fn released(&self, name: &str) -> bool {
+        self.trash().iter().any(|(trashed, _)| trashed == name)
+    }
+
+    /// Released clones (name, marker) whose database still exists (as far
+    /// as their marker tells); the markers of those already gone are
+    /// removed.
+    pub(crate) fn trash(&self) -> Vec<(String, PathBuf)> {
+        let Ok(entries) = fs::read_dir(self.trash_dir()) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let file = entry.file_name().into_string().ok()?;
+                // `<clone>.<pid>.<start>`: clone names hold no `.`.
+                let name = file.split('.').next()?.to_owned();
+                let oid = fs::read_to_string(entry.path()).unwrap_or_default();
+                let oid = oid.trim();
+                if !oid.is_empty() && !self.base.join(oid).is_dir() {
+                    let _ = fs::remove_file(entry.path());
+                    return None;
+                }
+                Some((name, entry.path()))
+            })
+            .collect()
     }
 
     /// Removes ready markers older than `before` whose clone is not among

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use postgres::SimpleQueryMessage;
 use registry::ProcessIdentity;
 
+use crate::databases::drop_sql;
 use crate::markers::Markers;
 use crate::owner::{DatabaseKind, OwnerRecord, TOOL};
 use crate::testdb::TestDatabase;
@@ -44,6 +45,10 @@ impl Default for PoolOptions {
 
 /// The most clones demand can ask a pool to keep ready.
 const MAX_DEMAND: u64 = 64;
+
+/// Released clones that start a refill (which drops them first) even when
+/// the pool is not short.
+const TRASH_BATCH: usize = 4;
 
 /// Claims further apart than this start a new burst (a new test run).
 const BURST_GAP_MS: u64 = 3_000;
@@ -180,9 +185,12 @@ impl Pool {
     /// pool when there is one, else a fresh clone.
     pub fn test_database(&self) -> Result<TestDatabase, Error> {
         let claimed = self.claim()?;
-        self.after_claim();
+        let after = self.after_claim();
         match claimed {
-            Some(db) => Ok(db),
+            Some(mut db) => {
+                db.after_claim = after;
+                Ok(db)
+            }
             None if self.shared.checked.load(Ordering::SeqCst) => self.template.test_database(),
             None => {
                 // A handle made from a remembered key: make sure the
@@ -200,10 +208,11 @@ impl Pool {
     }
 
     /// Counts the claim into the demand and starts a refill when the pool
-    /// is short, on a thread of its own: the caller has its database
-    /// already. (A process that exits before the thread is done leaves
-    /// this to the next claim.)
-    fn after_claim(&self) {
+    /// is short (or holds released clones to drop), on a thread of its own:
+    /// the caller has its database already. The claimed database joins the
+    /// thread when it is done with (a test process may live for less time
+    /// than the thread takes).
+    fn after_claim(&self) -> Option<JoinHandle<()>> {
         let pool = Self {
             template: self.template.clone(),
             shared: Arc::clone(&self.shared),
@@ -220,9 +229,9 @@ impl Pool {
                     tracing::warn!(template = pool.template.name(), %error, "cannot refill the pool");
                 }
             });
-        if let Err(error) = spawned {
-            tracing::warn!(%error, "cannot start the pool's refill thread");
-        }
+        spawned
+            .inspect_err(|error| tracing::warn!(%error, "cannot start the pool's refill thread"))
+            .ok()
     }
 
     /// Claims a ready clone: on the embedded server by renaming a ready
@@ -354,7 +363,8 @@ impl Pool {
         // and a run that fits in the pool is better served by a refill
         // after it.
         let target = self.target(&demand)?;
-        if ready < target.div_ceil(2) {
+        let trash = self.shared.markers.as_ref().map_or(0, |m| m.trash().len());
+        if ready < target.div_ceil(2) || trash >= TRASH_BATCH {
             self.start_refill(target)?;
         }
         Ok(())
@@ -436,10 +446,16 @@ impl Pool {
         mut command: std::process::Command,
         target: usize,
     ) -> Result<Child, Error> {
+        // Its messages go to a file, not a pipe: this process may be gone
+        // long before the refill is (a pipe would kill it with SIGPIPE).
+        let log = match self.log_path().map(std::fs::File::create) {
+            Some(Ok(file)) => Stdio::from(file),
+            _ => Stdio::null(),
+        };
         let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(log)
             .process_group(0)
             .spawn()
             .map_err(|e| {
@@ -458,8 +474,8 @@ impl Pool {
         }
         let script = self.refill_script(target, creator);
         if let Some(mut stdin) = child.stdin.take() {
-            // A psql that failed to start reports it on stderr (reaped
-            // later); the script is then simply not read.
+            // A psql that failed to start reports it in its log (read when
+            // it is reaped); the script is then simply not read.
             let _ = stdin.write_all(script.as_bytes());
         }
         tracing::debug!(
@@ -480,8 +496,16 @@ impl Pool {
     fn refill_script(&self, target: usize, creator: ProcessIdentity) -> String {
         let server = self.template.server();
         let (k1, k2) = self.shared.lock;
-        let mut script =
-            format!("SELECT pg_try_advisory_lock({k1}, {k2}) AS locked \\gset\n\\if :locked\n");
+        let mut script = format!(
+            "SET client_min_messages = warning;\nSELECT pg_try_advisory_lock({k1}, {k2}) AS locked \\gset\n\\if :locked\n"
+        );
+        // First the clones tests released (see `TestDatabase::release`).
+        if let Some(markers) = &self.shared.markers {
+            for (name, _) in markers.trash() {
+                script.push_str(&drop_sql(&name, server.major_version()));
+                script.push_str(";\n");
+            }
+        }
         // What counts as ready: the ready markers (listed by the server),
         // else the clones on the server.
         let ready = match &self.shared.markers {
@@ -521,13 +545,13 @@ impl Pool {
                 Ok(None) => return Some(Refiller::Psql(child)),
                 Ok(Some(status)) if status.success() => None,
                 Ok(Some(status)) => {
-                    let mut stderr = String::new();
-                    if let Some(mut pipe) = child.stderr.take() {
-                        let _ = pipe.read_to_string(&mut stderr);
-                    }
+                    let log = self
+                        .log_path()
+                        .and_then(|path| std::fs::read_to_string(path).ok())
+                        .unwrap_or_default();
                     Some(format!(
                         "psql refilling the pool failed ({status}): {}",
-                        stderr.trim()
+                        log.trim()
                     ))
                 }
                 Err(error) => Some(format!("waiting for the pool refill: {error}")),
@@ -563,6 +587,17 @@ impl Pool {
         if let Some(refiller) = running.take() {
             *running = self.finished(refiller);
         }
+    }
+
+    /// The log of this template's last `psql` refill, beside the server's
+    /// state.
+    fn log_path(&self) -> Option<PathBuf> {
+        Some(
+            self.template
+                .server()
+                .state_dir()?
+                .join(format!("pool-{}.log", self.template.key())),
+        )
     }
 
     /// The demand file of this template's pool, beside the server's state.

@@ -25,6 +25,9 @@ pub struct TestDatabase {
     /// The taken marker of a pool clone claimed without the server (see
     /// the `markers` module), removed once the database is dropped.
     pub(crate) marker: Option<std::path::PathBuf>,
+    /// The pool's bookkeeping after the claim (see `Pool::test_database`),
+    /// joined when the database is done with.
+    pub(crate) after_claim: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Attempts at a fresh random name before giving up.
@@ -74,6 +77,7 @@ impl TestDatabase {
             view: false,
             kept: Arc::default(),
             marker: None,
+            after_claim: None,
         }
     }
 
@@ -87,6 +91,7 @@ impl TestDatabase {
             view: true,
             kept: Arc::clone(&self.kept),
             marker: None,
+            after_claim: None,
         }
     }
 
@@ -123,6 +128,24 @@ impl TestDatabase {
         Ok(())
     }
 
+    /// The end of a test's use of its database: a pool clone claimed
+    /// through its marker is released for the pool's refill (or gc) to
+    /// drop, sparing the test the `DROP DATABASE` (and the checkpoint it
+    /// waits for); any other database is dropped now.
+    pub(crate) fn release(mut self) {
+        let Some(marker) = self.marker.take() else {
+            return;
+        };
+        match crate::markers::Markers::release(&marker) {
+            // Released: the handle's drop leaves the database alone.
+            Ok(()) => self.keep = true,
+            Err(error) => {
+                tracing::debug!(database = %self.name, %error, "cannot release; dropping");
+                self.marker = Some(marker);
+            }
+        }
+    }
+
     /// Removes the taken marker of a claimed pool clone (dropped, or now
     /// owned by its record).
     pub(crate) fn forget_marker(&mut self) {
@@ -142,6 +165,11 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
+        if let Some(after) = self.after_claim.take() {
+            crate::rt::off_runtime(|| {
+                let _ = after.join();
+            });
+        }
         if self.keep || self.view || self.kept.load(Ordering::SeqCst) {
             return;
         }

@@ -36,6 +36,10 @@ fn report(crate_dir: &str) -> TestResult {
         .get(0);
     let record: serde_json::Value = serde_json::from_str(&record)?;
     emit("TABLES", tables.join(","));
+    let name: String = client
+        .query_one("SELECT current_database()::text", &[])?
+        .get(0);
+    emit("DB", name);
     emit(
         "KEY",
         record["template_key"].as_str().ok_or("a template key")?,
@@ -45,6 +49,17 @@ fn report(crate_dir: &str) -> TestResult {
 
 /// Runs a child with nextest's run id `run` (if any); its tables and key.
 fn child_sees(crate_dir: &Path, run: Option<&str>) -> TestResult<(String, String)> {
+    let (tables, key, db) = child_run(crate_dir, run)?;
+    RELEASED.with(|released| released.borrow_mut().push(db));
+    Ok((tables, key))
+}
+
+thread_local! {
+    /// The databases the children's tests released when they ended.
+    static RELEASED: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn child_run(crate_dir: &Path, run: Option<&str>) -> TestResult<(String, String, String)> {
     let mut command = child::command(TEST, &[crate_dir.display().to_string()])?;
     let cache = suite_options()?
         .embedded
@@ -65,7 +80,7 @@ fn child_sees(crate_dir: &Path, run: Option<&str>) -> TestResult<(String, String
             .ok_or(format!("{key} in {out}"))?
             .to_string())
     };
-    Ok((one("TABLES")?, one("KEY")?))
+    Ok((one("TABLES")?, one("KEY")?, one("DB")?))
 }
 
 #[test]
@@ -130,5 +145,13 @@ fn a_remembered_setup_is_used_only_while_its_files_are_unchanged() -> TestResult
         }
     }
     server.gc(&pg_isolate::GcOptions::default())?;
+    // Each test released its database when it ended (no DROP of its own):
+    // gc (or a refill before it) dropped them all.
+    for db in RELEASED.with(|released| released.take()) {
+        assert!(
+            !server.database_exists(&db)?,
+            "{db} was released and dropped"
+        );
+    }
     Ok(())
 }
