@@ -48,7 +48,7 @@ const MAX_DEMAND: u64 = 64;
 
 /// Released clones that start a refill (which drops them first) even when
 /// the pool is not short.
-const TRASH_BATCH: usize = 4;
+const TRASH_BATCH: usize = 8;
 
 /// Claims further apart than this start a new burst (a new test run).
 const BURST_GAP_MS: u64 = 3_000;
@@ -490,7 +490,8 @@ impl Pool {
     /// The `psql` script of a refill to `target` clones: under the pool's
     /// advisory lock (or not at all when another refill holds it), up to
     /// twice `target` rounds of "count the ready clones; if short, create
-    /// one" (clones are claimed meanwhile), each clone created as
+    /// one" (clones are claimed meanwhile), then the drops of the clones
+    /// tests released; each clone created as
     /// [`Server::create_with_record`] does, under a birth name naming the
     /// `psql` process.
     fn refill_script(&self, target: usize, creator: ProcessIdentity) -> String {
@@ -499,13 +500,6 @@ impl Pool {
         let mut script = format!(
             "SET client_min_messages = warning;\nSELECT pg_try_advisory_lock({k1}, {k2}) AS locked \\gset\n\\if :locked\n"
         );
-        // First the clones tests released (see `TestDatabase::release`).
-        if let Some(markers) = &self.shared.markers {
-            for (name, _) in markers.trash() {
-                script.push_str(&drop_sql(&name, server.major_version()));
-                script.push_str(";\n");
-            }
-        }
         // What counts as ready: the ready markers (listed by the server),
         // else the clones on the server.
         let ready = match &self.shared.markers {
@@ -532,6 +526,14 @@ impl Pool {
                 ));
             }
             script.push_str("\\endif\n");
+        }
+        // Then the clones tests released (see `TestDatabase::release`):
+        // a test waiting for a clone matters more than disk for a while.
+        if let Some(markers) = &self.shared.markers {
+            for (name, _) in markers.trash() {
+                script.push_str(&drop_sql(&name, server.major_version()));
+                script.push_str(";\n");
+            }
         }
         script.push_str("\\endif\n");
         script
