@@ -116,8 +116,9 @@
 //! from, so the next process (nextest runs each test in its own) only
 //! checks those (once per nextest run) and claims a clone without a round
 //! trip to the server. A test that fails (panics or returns `Err`) keeps its database
-//! when `PG_ISOLATE_KEEP_FAILED` is set; otherwise the database is dropped
-//! when the test ends.
+//! when `PG_ISOLATE_KEEP_FAILED` is set; otherwise the database is released
+//! when the test ends: dropped by the pool's refill (or gc) soon after,
+//! sparing the test the wait of a `DROP DATABASE`.
 //!
 //! # Async code
 //!

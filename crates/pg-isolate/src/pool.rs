@@ -157,12 +157,17 @@ impl Pool {
             names::literal(&pattern),
             names::literal(POOL_KIND_LIKE),
         );
-        let markers = Markers::of(template.server(), template.key()).filter(|markers| {
-            markers
-                .ensure()
-                .map_err(|error| tracing::debug!(%error, "no pool markers; claiming on the server"))
-                .is_ok()
-        });
+        // Markers need the refill that writes them: a `psql` of the
+        // embedded server.
+        let markers = Markers::of(template.server(), template.key())
+            .filter(|_| template.server().psql().is_some())
+            .filter(|markers| match markers.ensure() {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::debug!(%error, "no pool markers; claiming on the server");
+                    false
+                }
+            });
         Self {
             template,
             shared: Arc::new(Shared {
@@ -591,25 +596,26 @@ impl Pool {
         }
     }
 
-    /// The log of this template's last `psql` refill, beside the server's
-    /// state.
-    fn log_path(&self) -> Option<PathBuf> {
+    /// A file of this template's pool beside the server's state:
+    /// `pool-<key>.<extension>`.
+    fn state_file(&self, extension: &str) -> Option<PathBuf> {
+        let key = self.template.key();
         Some(
             self.template
                 .server()
                 .state_dir()?
-                .join(format!("pool-{}.log", self.template.key())),
+                .join(format!("pool-{key}.{extension}")),
         )
     }
 
-    /// The demand file of this template's pool, beside the server's state.
+    /// The log of this template's last `psql` refill.
+    fn log_path(&self) -> Option<PathBuf> {
+        self.state_file("log")
+    }
+
+    /// The demand file of this template's pool.
     fn demand_path(&self) -> Option<PathBuf> {
-        Some(
-            self.template
-                .server()
-                .state_dir()?
-                .join(format!("pool-{}.demand", self.template.key())),
-        )
+        self.state_file("demand")
     }
 
     fn demand(&self) -> Demand {
