@@ -6,6 +6,7 @@
 //! <state dir>/pools/<template key>/taken/<clone>.<pid>.<start time>   renamed there by the claiming process
 //! <state dir>/pools/<template key>/trash/<clone>.<pid>.<start time>   released by its test, for the refill to drop
 //! <state dir>/pools/<template key>/refill                 pid and start time of the last refill's psql
+//! <state dir>/pools/<template key>/locked                 pid of the refill holding the pool's lock
 //! ```
 //!
 //! A rename has exactly one winner, so a clone is never handed out twice.
@@ -110,9 +111,15 @@ impl Markers {
         None
     }
 
-    /// Whether the last refill started for this pool still runs.
-    pub(crate) fn refilling(&self) -> bool {
-        fs::read_to_string(self.dir.join("refill"))
+    /// Whether the last refill started for this pool is still waiting for
+    /// the pool's lock.
+    ///
+    /// Refills wait for the pool's lock in turn, so a refill started while
+    /// another runs still counts the pool after it; a new one is needed
+    /// only when the last one started has taken the lock (it may be past
+    /// its last count) or is gone.
+    pub(crate) fn refill_queued(&self) -> bool {
+        let Some(last) = fs::read_to_string(self.dir.join("refill"))
             .ok()
             .and_then(|text| {
                 let (pid, start) = text.trim().split_once(' ')?;
@@ -121,7 +128,16 @@ impl Markers {
                     start_time: start.parse().ok()?,
                 })
             })
-            .is_some_and(|refill| refill.is_alive())
+        else {
+            return false;
+        };
+        let locked = fs::read_to_string(self.locked_file()).unwrap_or_default();
+        last.is_alive() && locked.trim() != last.pid.to_string()
+    }
+
+    /// The file a refill writes its pid into once it holds the lock.
+    pub(crate) fn locked_file(&self) -> PathBuf {
+        self.dir.join("locked")
     }
 
     /// Records the refill `psql` just started.

@@ -191,12 +191,9 @@ impl Pool {
     pub fn test_database(&self) -> Result<TestDatabase, Error> {
         let claimed = self.claim()?;
         let after = self.after_claim();
-        match claimed {
-            Some(mut db) => {
-                db.after_claim = after;
-                Ok(db)
-            }
-            None if self.shared.checked.load(Ordering::SeqCst) => self.template.test_database(),
+        let mut db = match claimed {
+            Some(db) => db,
+            None if self.shared.checked.load(Ordering::SeqCst) => self.template.test_database()?,
             None => {
                 // A handle made from a remembered key: make sure the
                 // template is there and complete before cloning it.
@@ -207,9 +204,11 @@ impl Pool {
                         database: self.template.name().to_owned(),
                     })?;
                 self.shared.checked.store(true, Ordering::SeqCst);
-                template.test_database()
+                template.test_database()?
             }
-        }
+        };
+        db.after_claim = after;
+        Ok(db)
     }
 
     /// Counts the claim into the demand and starts a refill when the pool
@@ -414,11 +413,22 @@ impl Pool {
             .refill
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(refiller) = running.take()
-            && let Some(still) = self.finished(refiller)
-        {
-            *running = Some(still);
-            return Ok(());
+        match running.take().and_then(|refiller| self.finished(refiller)) {
+            // A refill thread of this handle still runs: it counts again
+            // before each clone.
+            Some(thread @ Refiller::Thread(_)) => {
+                *running = Some(thread);
+                return Ok(());
+            }
+            // A psql of this handle still runs: the new one queues behind
+            // it (see `Markers::refill_queued`); the old one is collected
+            // by a thread of its own.
+            Some(Refiller::Psql(mut child)) => {
+                let _ = std::thread::Builder::new()
+                    .name("pg-isolate-reap".to_owned())
+                    .spawn(move || child.wait());
+            }
+            None => {}
         }
         let server = self.template.server();
         *running = Some(match server.psql() {
@@ -493,7 +503,9 @@ impl Pool {
     }
 
     /// The `psql` script of a refill to `target` clones: under the pool's
-    /// advisory lock (or not at all when another refill holds it), up to
+    /// advisory lock (with markers: queued behind a refill that holds it, so a
+    /// claim made after that one's last count is still seen; without: not
+    /// at all when another refill holds it), up to
     /// twice `target` rounds of "count the ready clones; if short, create
     /// one" (clones are claimed meanwhile), then the drops of the clones
     /// tests released; each clone created as
@@ -502,9 +514,19 @@ impl Pool {
     fn refill_script(&self, target: usize, creator: ProcessIdentity) -> String {
         let server = self.template.server();
         let (k1, k2) = self.shared.lock;
-        let mut script = format!(
-            "SET client_min_messages = warning;\nSELECT pg_try_advisory_lock({k1}, {k2}) AS locked \\gset\n\\if :locked\n"
-        );
+        // With markers, refills queue for the lock and say when they hold
+        // it; without, one that finds the lock taken does nothing.
+        let mut script = String::from("SET client_min_messages = warning;\n");
+        match &self.shared.markers {
+            Some(markers) => script.push_str(&format!(
+                "SELECT pg_advisory_lock({k1}, {k2});\n\\o {}\nSELECT {};\n\\o\n\\if true\n",
+                Markers::psql_arg(&markers.locked_file()),
+                creator.pid
+            )),
+            None => script.push_str(&format!(
+                "SELECT pg_try_advisory_lock({k1}, {k2}) AS locked \\gset\n\\if :locked\n"
+            )),
+        }
         // What counts as ready: the ready markers (listed by the server),
         // else the clones on the server.
         let ready = match &self.shared.markers {
@@ -759,11 +781,13 @@ const POOL_KIND: &str = "pool";
 /// test). The claim also checks the parsed JSON.
 const POOL_KIND_LIKE: &str = r#"{"tool":"pg-isolate","kind":"pool",%"#;
 
-/// Ready clones of the pool and whether a refill holds its lock (on the
-/// embedded server: ready markers and whether the last refill runs).
+/// Ready clones of the pool and whether a refill will still count them
+/// (for a server given by URL: whether a refill holds the pool's lock; on
+/// the embedded server: ready markers and whether a refill is queued, see
+/// [`Markers::refill_queued`]).
 fn status(template: &Template, shared: &Shared) -> Result<(usize, bool), Error> {
     if let Some(markers) = &shared.markers {
-        return Ok((markers.ready(), markers.refilling()));
+        return Ok((markers.ready(), markers.refill_queued()));
     }
     let (k1, k2) = shared.lock;
     let sql = format!(
