@@ -241,6 +241,13 @@ impl Server {
                 }
                 continue;
             };
+            // A pool clone's markers (the embedded server's; see the
+            // `markers` module).
+            let markers = owner
+                .template_key
+                .as_deref()
+                .filter(|_| owner.kind == DatabaseKind::Pool)
+                .and_then(|key| Markers::of(self, key));
             let verdict = match owner.kind {
                 DatabaseKind::Named => Err(GcReason::NamedDatabase),
                 DatabaseKind::Test => {
@@ -260,17 +267,14 @@ impl Server {
                         .as_deref()
                         .map(|hex| template_name(prefix, hex));
                     // A clone claimed through its marker is the claiming
-                    // process's test database.
-                    let holder = owner
-                        .template_key
-                        .as_deref()
-                        .and_then(|key| Markers::of(self, key))
-                        .and_then(|markers| markers.holder(&info.name));
-                    let released = owner
-                        .template_key
-                        .as_deref()
-                        .and_then(|key| Markers::of(self, key))
+                    // process's test database, until its test released it.
+                    let released = markers
+                        .as_ref()
                         .is_some_and(|markers| markers.released(&info.name));
+                    let holder = markers
+                        .as_ref()
+                        .filter(|_| !released)
+                        .and_then(|markers| markers.holder(&info.name));
                     if released {
                         Ok(GcReason::Released)
                     } else if let Some((holder, _)) = holder {
@@ -321,12 +325,8 @@ impl Server {
                             .push(entry(info, GcReason::DropFailed(error.to_string())));
                         continue;
                     }
-                    if owner.kind == DatabaseKind::Pool
-                        && !options.dry_run
-                        && let Some(markers) = owner
-                            .template_key
-                            .as_deref()
-                            .and_then(|key| Markers::of(self, key))
+                    if !options.dry_run
+                        && let Some(markers) = &markers
                     {
                         markers.forget(&info.name);
                     }

@@ -152,8 +152,14 @@ impl Markers {
     /// The taken marker of clone `name` and the process it names, if the
     /// clone was claimed.
     pub(crate) fn holder(&self, name: &str) -> Option<(ProcessIdentity, PathBuf)> {
+        Self::named(&self.taken_dir(), name)
+    }
+
+    /// The marker `<name>.<pid>.<start time>` of clone `name` in `dir`
+    /// (`taken/` or `trash/`) and the process it names.
+    fn named(dir: &Path, name: &str) -> Option<(ProcessIdentity, PathBuf)> {
         let prefix = format!("{name}.");
-        fs::read_dir(self.taken_dir()).ok()?.find_map(|entry| {
+        fs::read_dir(dir).ok()?.find_map(|entry| {
             let entry = entry.ok()?;
             let file = entry.file_name().into_string().ok()?;
             let (pid, start) = file.strip_prefix(&prefix)?.split_once('.')?;
@@ -170,11 +176,8 @@ impl Markers {
     /// Removes every marker of clone `name` (dropped).
     pub(crate) fn forget(&self, name: &str) {
         let _ = fs::remove_file(self.ready_dir().join(name));
-        if let Some((_, taken)) = self.holder(name) {
-            let _ = fs::remove_file(taken);
-        }
-        for (trashed, marker) in self.trash() {
-            if trashed == name {
+        for dir in [self.taken_dir(), self.trash_dir()] {
+            if let Some((_, marker)) = Self::named(&dir, name) {
                 let _ = fs::remove_file(marker);
             }
         }
@@ -195,7 +198,7 @@ impl Markers {
 
     /// Whether clone `name` was released.
     pub(crate) fn released(&self, name: &str) -> bool {
-        self.trash().iter().any(|(trashed, _)| trashed == name)
+        Self::named(&self.trash_dir(), name).is_some()
     }
 
     /// Released clones (name, marker) whose database still exists (as far

@@ -306,12 +306,14 @@ impl Pool {
         }))
     }
 
-    /// The number of ready clones of this template on the server.
+    /// The number of ready clones of this template (on the embedded
+    /// server: clones with a ready marker, the ones a claim can take).
     pub fn ready(&self) -> Result<usize, Error> {
         Ok(self.status()?.0)
     }
 
-    /// Ready clones and whether a refill is running, in one query.
+    /// Ready clones and whether a refill will still count them (see the
+    /// free function [`status`]).
     fn status(&self) -> Result<(usize, bool), Error> {
         status(&self.template, &self.shared)
     }
@@ -423,11 +425,7 @@ impl Pool {
             // A psql of this handle still runs: the new one queues behind
             // it (see `Markers::refill_queued`); the old one is collected
             // by a thread of its own.
-            Some(Refiller::Psql(mut child)) => {
-                let _ = std::thread::Builder::new()
-                    .name("pg-isolate-reap".to_owned())
-                    .spawn(move || child.wait());
-            }
+            Some(Refiller::Psql(child)) => reap_later(child),
             None => {}
         }
         let server = self.template.server();
@@ -704,18 +702,22 @@ impl Drop for Pool {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         match running {
-            Some(Refiller::Psql(mut child)) => {
-                if matches!(child.try_wait(), Ok(None)) {
-                    let _ = std::thread::Builder::new()
-                        .name("pg-isolate-reap".to_owned())
-                        .spawn(move || child.wait());
-                }
-            }
+            Some(Refiller::Psql(child)) => reap_later(child),
             Some(Refiller::Thread(handle)) => crate::rt::off_runtime(|| {
                 let _ = handle.join();
             }),
             None => {}
         }
+    }
+}
+
+/// Collects a `psql` refill that may still run on a thread of its own
+/// (it carries on; once this process has exited, init collects it).
+fn reap_later(mut child: Child) {
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = std::thread::Builder::new()
+            .name("pg-isolate-reap".to_owned())
+            .spawn(move || child.wait());
     }
 }
 
