@@ -8,7 +8,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use test_support::TestResult;
 
-use crate::{database_names, isolane, json, listening, ok, repo_with_config};
+use crate::{database_names, isolane, json, listening, ok, repo_with_config, wait_ok};
 
 #[test]
 fn eight_concurrent_creates_get_distinct_ports_paths_and_databases() -> TestResult {
@@ -34,13 +34,7 @@ fn eight_concurrent_creates_get_distinct_ports_paths_and_databases() -> TestResu
     let mut paths = BTreeSet::new();
     let mut databases = BTreeSet::new();
     for child in children {
-        let out = child.wait_with_output()?;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let created: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let created: serde_json::Value = serde_json::from_str(&wait_ok(child)?)?;
         for port in created["ports"].as_object().ok_or("no ports")?.values() {
             assert!(
                 ports.insert(port.as_u64().ok_or("port")?),

@@ -69,10 +69,20 @@ pub(crate) fn output(dir: &Path, args: &[&str]) -> TestResult<Output> {
 
 /// Runs isolane and requires success; returns stdout.
 pub(crate) fn ok(dir: &Path, args: &[&str]) -> TestResult<String> {
-    let out = output(dir, args)?;
+    succeeded(output(dir, args)?, &format!("isolane {args:?}"))
+}
+
+/// Waits for an isolane started with piped stdout and stderr and requires
+/// success; returns stdout.
+pub(crate) fn wait_ok(child: std::process::Child) -> TestResult<String> {
+    succeeded(child.wait_with_output()?, "isolane")
+}
+
+/// The stdout of `what`, which must have succeeded.
+fn succeeded(out: Output, what: &str) -> TestResult<String> {
     if !out.status.success() {
         return Err(format!(
-            "isolane {args:?} failed with {}:\nstdout:\n{}\nstderr:\n{}",
+            "{what} failed with {}:\nstdout:\n{}\nstderr:\n{}",
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use test_support::{GitRepo, TestResult};
 
 use crate::crashes::killed_at;
-use crate::{database_names, isolane, json, leases, ok, output, repo_with_config};
+use crate::{database_names, isolane, json, leases, ok, output, repo_with_config, wait_ok};
 
 /// A repository with `[worktrees] pool = size`, `target/` ignored and a
 /// branch `other` that changes one file.
@@ -297,13 +297,7 @@ fn concurrent_creates_never_get_the_same_pooled_worktree() -> TestResult {
         .collect::<Result<Vec<_>, _>>()?;
     let mut owners = BTreeSet::new();
     for child in children {
-        let out = child.wait_with_output()?;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let created: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let created: serde_json::Value = serde_json::from_str(&wait_ok(child)?)?;
         assert_eq!(created["from_pool"], true, "{created}");
         let path = PathBuf::from(created["path"].as_str().ok_or("path")?);
         // Each pooled worktree (told apart by its build output) went to

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use test_support::TestResult;
 
-use crate::{database_names, json, ok, output, repo_with_config, url_of};
+use crate::{database_names, json, ok, output, repo_with_config, url_of, wait_ok};
 
 /// `build.sh` applies `schema/*.sql` with psql and counts its runs in a
 /// file outside the repository.
@@ -273,12 +273,7 @@ fn concurrent_creates_build_the_template_once() -> TestResult {
         })
         .collect::<Result<_, _>>()?;
     for child in children {
-        let out = child.wait_with_output()?;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        wait_ok(child)?;
     }
     assert_eq!(runs(&scratch.path().join("runs")), 1);
     for i in 0..3 {
