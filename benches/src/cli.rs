@@ -93,6 +93,15 @@ pub fn run(config: &Config, report: &mut Report) -> BenchResult {
     // The template is built once, as a project's first create would.
     run_ok(isolane(&["create", "--purpose", "bench", "--identifier", "warm"]).arg("--json"))?;
     run_ok(&mut isolane(&["remove", "bench-warm", "--force"]))?;
+    let create_worktree = |id: &str| {
+        run_ok(&mut isolane(&[
+            "create",
+            "--purpose",
+            "bench",
+            "--identifier",
+            id,
+        ]))
+    };
 
     let git_dir = scratch.path().join("git");
     // Both sides leave their worktrees in place until the end (removal is
@@ -105,13 +114,7 @@ pub fn run(config: &Config, report: &mut Report) -> BenchResult {
         iterations,
         || {
             let id = format!("c{}", created.len());
-            run_ok(&mut isolane(&[
-                "create",
-                "--purpose",
-                "bench",
-                "--identifier",
-                &id,
-            ]))?;
+            create_worktree(&id)?;
             created.push(format!("bench-{id}"));
             Ok(())
         },
@@ -147,29 +150,14 @@ pub fn run(config: &Config, report: &mut Report) -> BenchResult {
             migrations.display()
         ),
     )?;
-    run_ok(&mut isolane(&[
-        "create",
-        "--purpose",
-        "bench",
-        "--identifier",
-        "seed",
-    ]))?;
+    create_worktree("seed")?;
     run_ok(&mut isolane(&["remove", "bench-seed", "--force"]))?;
     let (mut pooled, mut baseline) = (Vec::new(), Vec::new());
     for round in 0..=iterations {
         for side in [round % 2, 1 - round % 2] {
             if side == 0 {
                 let id = format!("p{round}");
-                let took = crate::time(|| {
-                    run_ok(&mut isolane(&[
-                        "create",
-                        "--purpose",
-                        "bench",
-                        "--identifier",
-                        &id,
-                    ]))
-                })?
-                .0;
+                let took = crate::time(|| create_worktree(&id))?.0;
                 pooled.push(took);
                 run_ok(&mut isolane(&["remove", &format!("bench-{id}"), "--force"]))?;
             } else {
