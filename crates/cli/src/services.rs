@@ -72,21 +72,28 @@ pub(crate) fn spawn_signal_waiter(command_group: Arc<AtomicI32>) -> std::io::Res
             interrupt(signal);
             let group = command_group.load(Ordering::SeqCst);
             if group > 0 {
-                let _ = killpg(Pid::from_raw(group), signal);
-                let command_group = Arc::clone(&command_group);
-                std::thread::spawn(move || {
-                    std::thread::sleep(GRACE);
-                    // Still published: CMD has not exited (its pid is not
-                    // reaped before it is unpublished, so this is its group).
-                    if command_group.load(Ordering::SeqCst) == group {
-                        tracing::warn!(group, "the command ignored {signal}; sending KILL");
-                        let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
-                    }
-                });
+                pass_on(&command_group, group, signal);
             }
         }
     });
     Ok(())
+}
+
+/// Passes the stop `signal` on to CMD's process `group` (published in
+/// `command_group`), and sends the group KILL if CMD is still running after
+/// the grace period.
+fn pass_on(command_group: &Arc<AtomicI32>, group: i32, signal: Signal) {
+    let _ = killpg(Pid::from_raw(group), signal);
+    let command_group = Arc::clone(command_group);
+    std::thread::spawn(move || {
+        std::thread::sleep(GRACE);
+        // Still published: CMD has not exited (its pid is not reaped
+        // before it is unpublished, so this is its group).
+        if command_group.load(Ordering::SeqCst) == group {
+            tracing::warn!(group, "the command ignored {signal}; sending KILL");
+            let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
+        }
+    });
 }
 
 /// Runs `command` to its end as the command of a run: in a process group
@@ -96,19 +103,19 @@ pub(crate) fn spawn_signal_waiter(command_group: Arc<AtomicI32>) -> std::io::Res
 /// is stopped when it ends.
 pub(crate) fn run_foreground(
     command: &mut Command,
-    command_group: &AtomicI32,
+    command_group: &Arc<AtomicI32>,
     started: &mut dyn FnMut(&str, u32),
 ) -> std::io::Result<ExitStatus> {
     let mut child = command.process_group(0).spawn()?;
-    started("command", child.id());
     let group = i32::try_from(child.id()).expect("a pid fits in an i32");
     command_group.store(group, Ordering::SeqCst);
     // A stop signal that came while CMD was being started found no group
-    // to pass on to: pass it on now. (Both sides use SeqCst, so at least
-    // one of them sees the other.)
+    // to pass on to: pass it on now, KILL after the grace period included.
+    // (Both sides use SeqCst, so at least one of them sees the other.)
     if let Some(signal) = interrupted_by() {
-        let _ = killpg(Pid::from_raw(group), signal);
+        pass_on(command_group, group, signal);
     }
+    started("command", child.id());
     let terminal = Foreground::give(group);
     // Exited, but not reaped: until it is, its pid (the group id) cannot be
     // reused, so the group can be signalled safely below.

@@ -392,7 +392,7 @@ fn measure(
     repo: &Repo,
     args: &CompareArgs,
     sides: &[Side],
-    child_pid: &AtomicI32,
+    child_pid: &Arc<AtomicI32>,
 ) -> Result<Outcome> {
     if let Some(signal) = services::interrupted_by() {
         return Ok(Outcome::Interrupted(signal));
@@ -456,7 +456,12 @@ fn measure(
 }
 
 /// One run of CMD on `side`, with its services up around it.
-fn run_once(repo: &Repo, args: &CompareArgs, side: &Side, child_pid: &AtomicI32) -> Result<Run> {
+fn run_once(
+    repo: &Repo,
+    args: &CompareArgs,
+    side: &Side,
+    child_pid: &Arc<AtomicI32>,
+) -> Result<Run> {
     let dir = &side.entry.path;
     let mut record = runs::recorder(repo, &side.entry.id);
     let log_dir = repo.log_dir(&side.entry.id);

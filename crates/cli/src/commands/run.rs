@@ -60,7 +60,7 @@ fn run_locked(
     id: &str,
     dir: &Path,
     env: &BTreeMap<String, String>,
-    command_group: &AtomicI32,
+    command_group: &Arc<AtomicI32>,
 ) -> Result<ExitCode> {
     let mut record = runs::recorder(repo, id);
     let log_dir = repo.log_dir(id);

@@ -363,3 +363,55 @@ fn a_stopped_run_leaves_no_descendant_of_the_command() -> TestResult {
     ok(root, &["remove", "test-tree-stop"])?;
     Ok(())
 }
+
+#[test]
+fn a_stop_signal_while_the_command_is_being_recorded_still_ends_a_command_that_ignores_it()
+-> TestResult {
+    // The registry's lock is held by a service, as a slow disk would hold
+    // it: the run cannot record its command's group while the signal
+    // comes. The command ignores TERM and INT, so only the KILL after the
+    // grace period ends it.
+    let repo = repo_with_config("")?;
+    let root = repo.path();
+    let lock = root.join(".git/isolane/registry.json.lock");
+    let beside = root.parent().ok_or("no parent")?;
+    std::fs::write(
+        beside.join("listen.py"),
+        "import os, socket, time\n\
+         s = socket.socket()\n\
+         s.bind((\"127.0.0.1\", int(os.environ[\"APP_PORT\"])))\n\
+         s.listen()\n\
+         time.sleep(600)\n",
+    )?;
+    let config = config(&format!(
+        "sleep 1; exec flock -x {} python3 ../../../listen.py",
+        lock.display()
+    ));
+    repo.write("isolane.toml", &config)?;
+    repo.commit_all("a service that holds the registry's lock")?;
+    json(
+        root,
+        &["create", "--purpose", "test-tree", "--identifier", "rec"],
+    )?;
+    let pid_file = beside.join("stubborn.pid");
+    let mut run = KillOnDrop(
+        isolane(root)
+            .args(["run", "test-tree-rec", "--", "sh", "-c"])
+            .arg(format!(
+                "trap '' TERM INT; echo $$ > {}; sleep 600",
+                pid_file.display()
+            ))
+            .stdin(Stdio::null())
+            .spawn()?,
+    );
+    let stubborn = read_pid(&pid_file)?;
+    kill(Pid::from_raw(i32::try_from(run.0.id())?), Signal::SIGTERM)?;
+    let status = wait_end(&mut run.0)?;
+    assert!(!status.success(), "{status}");
+    assert!(
+        !alive(stubborn),
+        "the command that ignored TERM outlived the run"
+    );
+    ok(root, &["remove", "test-tree-rec"])?;
+    Ok(())
+}
