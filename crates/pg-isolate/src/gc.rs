@@ -23,6 +23,11 @@ pub struct GcOptions {
     /// Drop templates (and their pool clones) not asked for in this long.
     /// Default: seven days.
     pub template_max_idle: Option<Duration>,
+    /// Keep the database of a failed test
+    /// ([`crate::ServerOptions::keep_failed`]) this long after it was kept,
+    /// for inspection, whether its owner runs or not. Default: one day.
+    /// `None`: until it is dropped by hand (or by `max_age`).
+    pub kept_failed_max_age: Option<Duration>,
     /// Report what would be dropped without dropping anything.
     pub dry_run: bool,
 }
@@ -32,6 +37,7 @@ impl Default for GcOptions {
         Self {
             max_age: None,
             template_max_idle: Some(Duration::from_secs(7 * 24 * 3600)),
+            kept_failed_max_age: Some(Duration::from_secs(24 * 3600)),
             dry_run: false,
         }
     }
@@ -86,6 +92,9 @@ pub enum GcReason {
     /// Dropped: a pool clone its test released (the test ended) for the
     /// pool's refill to drop.
     Released,
+    /// Dropped: the database of a failed test, kept for inspection longer
+    /// than [`GcOptions::kept_failed_max_age`].
+    InspectionOver,
     /// Dropped: its name matched the prefix given to
     /// [`Server::drop_databases_with_prefix`].
     MatchedPrefix,
@@ -101,6 +110,9 @@ pub enum GcReason {
     PoolClone,
     /// Kept: a template in use or recently used.
     TemplateInUse,
+    /// Kept: the database of a failed test, kept for inspection
+    /// ([`crate::ServerOptions::keep_failed`]).
+    KeptFailed,
     /// Kept: under its birth name, its creating process still runs (a
     /// create in progress).
     CreateInProgress,
@@ -121,6 +133,9 @@ impl std::fmt::Display for GcReason {
             Self::OverBudget => f.write_str("template beyond the budget, least recently used"),
             Self::HalfCreated => f.write_str("half-created database whose creator is gone"),
             Self::Released => f.write_str("released by its test"),
+            Self::InspectionOver => {
+                f.write_str("kept for a failed test longer than the inspection time")
+            }
             Self::MatchedPrefix => f.write_str("name matched the prefix"),
             Self::NoOwnerRecord => f.write_str("no pg-isolate owner record"),
             Self::OwnerAlive => f.write_str("owner process is running"),
@@ -128,6 +143,7 @@ impl std::fmt::Display for GcReason {
             Self::NamedDatabase => f.write_str("named database"),
             Self::PoolClone => f.write_str("pool clone of an existing template"),
             Self::TemplateInUse => f.write_str("template in use"),
+            Self::KeptFailed => f.write_str("kept for inspection: its test failed"),
             Self::CreateInProgress => f.write_str("being created by a running process"),
             Self::DropFailed(error) => write!(f, "dropping it failed: {error}"),
         }
@@ -251,7 +267,15 @@ impl Server {
             let verdict = match owner.kind {
                 DatabaseKind::Named => Err(GcReason::NamedDatabase),
                 DatabaseKind::Test => {
-                    if owner.owner_gone() == Some(true) {
+                    if let Some(kept) = owner.kept_failed {
+                        if older_than(kept, options.kept_failed_max_age) {
+                            Ok(GcReason::InspectionOver)
+                        } else if older_than(owner.created, options.max_age) {
+                            Ok(GcReason::Expired)
+                        } else {
+                            Err(GcReason::KeptFailed)
+                        }
+                    } else if owner.owner_gone() == Some(true) {
                         Ok(GcReason::OwnerGone)
                     } else if older_than(owner.created, options.max_age) {
                         Ok(GcReason::Expired)

@@ -147,7 +147,7 @@
 //! | `PG_ISOLATE_URL` | admin URL of the server to use (below [`ServerOptions::url`], above the embedded server) |
 //! | `PG_ISOLATE_BINDIR` | directory of `postgres` and `initdb` for the embedded server |
 //! | `PG_ISOLATE_CACHE_DIR` | directory holding the embedded clusters |
-//! | `PG_ISOLATE_KEEP_FAILED` | keep (and print) the databases of failed tests |
+//! | `PG_ISOLATE_KEEP_FAILED` | keep (and print) the databases of failed tests; gc leaves them for a day |
 //!
 //! # Example
 //!

@@ -461,17 +461,10 @@ impl Guard {
         if !outcome.failed() {
             return;
         }
-        if let Some(db) = self.db.take()
+        if let Some(mut db) = self.db.take()
             && db.server().inner.options.keep_failed
         {
-            let name = db.keep();
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!(
-                    "pg-isolate: kept database {name} of the failed test ({})",
-                    crate::url::redact(&self.url)
-                );
-            }
+            db.keep_failed();
         }
     }
 

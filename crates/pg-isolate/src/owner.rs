@@ -65,6 +65,12 @@ pub struct OwnerRecord {
     /// ([`OwnerRecord::owner_path_gone`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_path: Option<std::path::PathBuf>,
+    /// For a test database kept because its test failed
+    /// ([`crate::ServerOptions::keep_failed`]): when it was kept (seconds
+    /// since the epoch). gc leaves it for inspection, after its owner is
+    /// gone, until [`crate::GcOptions::kept_failed_max_age`] has passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_failed: Option<u64>,
 }
 
 impl OwnerRecord {
@@ -85,6 +91,7 @@ impl OwnerRecord {
             ready: false,
             last_used: None,
             owner_path: None,
+            kept_failed: None,
         }
     }
 

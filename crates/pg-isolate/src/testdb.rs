@@ -11,7 +11,8 @@ use crate::{Error, Server, names};
 /// A database private to one test. Dropping the handle drops the database
 /// (terminating its connections), unless the test is panicking and
 /// [`crate::ServerOptions::keep_failed`] is set: then the database is kept
-/// and its name printed for inspection.
+/// and its name printed for inspection (gc leaves it for
+/// [`crate::GcOptions::kept_failed_max_age`]).
 #[derive(Debug)]
 pub struct TestDatabase {
     server: Server,
@@ -157,9 +158,14 @@ impl TestDatabase {
     /// Keeps the database after the handle is dropped (it stays ours: `gc`
     /// removes it once this process has exited). Returns its name.
     pub fn keep(mut self) -> String {
+        self.mark_kept();
+        self.name.clone()
+    }
+
+    /// Marks the database kept on every handle of it.
+    pub(crate) fn mark_kept(&mut self) {
         self.keep = true;
         self.kept.store(true, Ordering::SeqCst);
-        self.name.clone()
     }
 }
 
@@ -174,19 +180,7 @@ impl Drop for TestDatabase {
             return;
         }
         if std::thread::panicking() && self.server.inner.options.keep_failed {
-            tracing::warn!(database = %self.name, "kept the database of a failed test");
-            // A failing test must say which database it left for
-            // inspection, and the test harness shows a failing test's
-            // stderr; a tracing event alone is invisible without a
-            // subscriber.
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!(
-                    "pg-isolate: kept database {} of the failed test ({})",
-                    self.name,
-                    crate::url::redact(&self.url())
-                );
-            }
+            self.keep_failed();
             return;
         }
         match self.server.drop_owned(&self.name, false) {

@@ -169,6 +169,15 @@ fn a_failed_test_keeps_its_database_when_asked() -> Result<(), Box<dyn std::erro
             }
             if keep {
                 assert_eq!(kept.len(), 1, "{stderr}");
+                // Still there after a gc, though its process is gone.
+                let report = server.gc(&pg_isolate::GcOptions::default())?;
+                assert!(
+                    report
+                        .kept
+                        .iter()
+                        .any(|e| e.name == kept[0] && e.reason == pg_isolate::GcReason::KeptFailed),
+                    "{report:?}"
+                );
                 assert!(server.database_exists(kept[0])?);
                 server.drop_database(kept[0])?;
             } else {

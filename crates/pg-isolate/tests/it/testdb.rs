@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use pg_isolate::{Server, ServerOptions};
+use pg_isolate::{GcOptions, GcReason, Server, ServerOptions};
 use test_support::{TestResult, child};
 
 use crate::{emit, shared, unique_key, values};
@@ -152,7 +152,31 @@ fn failed_test_keeps_its_database_when_asked() -> TestResult {
                 stderr.contains(&format!("kept database {name}")),
                 "{stderr}"
             );
-            server.drop_database(&name)?;
+            // Its process is gone, yet gc (which every test process runs
+            // now and then) leaves it for inspection...
+            let report = server.gc(&GcOptions::default())?;
+            assert!(
+                report
+                    .kept
+                    .iter()
+                    .any(|e| e.name == name && e.reason == GcReason::KeptFailed),
+                "{report:?}"
+            );
+            assert!(server.database_exists(&name)?);
+            // ... until the inspection time is over.
+            std::thread::sleep(Duration::from_millis(1100));
+            let report = server.gc(&GcOptions {
+                kept_failed_max_age: Some(Duration::ZERO),
+                ..GcOptions::default()
+            })?;
+            assert!(
+                report
+                    .dropped
+                    .iter()
+                    .any(|e| e.name == name && e.reason == GcReason::InspectionOver),
+                "{report:?}"
+            );
+            assert!(!server.database_exists(&name)?);
         } else {
             assert!(!server.database_exists(&name)?);
         }
