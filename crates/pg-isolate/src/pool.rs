@@ -26,8 +26,7 @@ pub struct PoolOptions {
     /// The fewest clones to keep ready (default 4; 0: no pool). The pool
     /// grows to the demand it has seen: as many clones as the largest of
     /// the last three bursts of claims took (claims less than three
-    /// seconds apart, a test run),
-    /// up to 64.
+    /// seconds apart, a test run), and half of that again, up to 64.
     pub size: usize,
     /// The most disk the ready clones may use together, estimated from the
     /// template's size (default 2 GiB); caps the pool for big templates.
@@ -76,9 +75,10 @@ const BURST_GAP_MS: u64 = 3_000;
 /// server given by URL it is a thread of the claiming process. The pool's
 /// size follows demand: each process records its claims in a small file
 /// beside the server's state, and the pool is refilled to as many clones
-/// as the largest of the last three bursts of claims took (at least [`PoolOptions::size`], at
-/// most 64 and [`PoolOptions::max_bytes`]), so the next run of a test
-/// suite finds a clone ready for every test.
+/// as the largest of the last three bursts of claims took, and half of that
+/// again (at least [`PoolOptions::size`], at most 64 and
+/// [`PoolOptions::max_bytes`]), so the next run of a test suite finds a
+/// clone ready for every test even before the last refill has finished.
 #[derive(Debug)]
 pub struct Pool {
     template: Template,
@@ -485,8 +485,14 @@ impl Pool {
         if let Some(markers) = &self.shared.markers {
             markers.note_refill(creator);
         }
-        let script = self.refill_script(target, creator);
         if let Some(mut stdin) = child.stdin.take() {
+            // psql reads the script as it runs it, beginning with a wait for
+            // the pool's lock (held by the refill queued before it): this
+            // process must never wait for that, so the script is cut to what
+            // the pipe holds, grown to hold a full refill. (A pipe's default
+            // 64 KiB held 27 rounds; a claiming test once waited 12 s.)
+            let capacity = grow_pipe(&stdin, REFILL_PIPE_BYTES);
+            let script = self.refill_script(target, creator, capacity);
             // A psql that failed to start reports it in its log (read when
             // it is reaped); the script is then simply not read.
             let _ = stdin.write_all(script.as_bytes());
@@ -508,8 +514,9 @@ impl Pool {
     /// one" (clones are claimed meanwhile), then the drops of the clones
     /// tests released; each clone created as
     /// [`Server::create_with_record`] does, under a birth name naming the
-    /// `psql` process.
-    fn refill_script(&self, target: usize, creator: ProcessIdentity) -> String {
+    /// `psql` process. At most `max_len` bytes: rounds and drops that do not
+    /// fit are left to the next refill.
+    fn refill_script(&self, target: usize, creator: ProcessIdentity, max_len: usize) -> String {
         let server = self.template.server();
         let (k1, k2) = self.shared.lock;
         // With markers, refills queue for the lock and say when they hold
@@ -534,33 +541,44 @@ impl Pool {
             ),
             None => self.shared.ready_sql.clone(),
         };
+        // Then the clones tests released (see `TestDatabase::release`):
+        // a test waiting for a clone matters more than disk for a while.
+        // (At most half the script: the rest are dropped by the next.)
+        let mut tail = String::new();
+        if let Some(markers) = &self.shared.markers {
+            for (name, _) in markers.trash() {
+                let drop = format!("{};\n", drop_sql(&name, server.major_version()));
+                if script.len() + tail.len() + drop.len() > max_len / 2 {
+                    break;
+                }
+                tail.push_str(&drop);
+            }
+        }
+        tail.push_str("\\endif\n");
         for _ in 0..target.saturating_mul(2) {
             let (name, record) = new_clone(&self.template, &self.shared, creator);
             let birth = birth::birth_name_for(server.prefix(), creator);
             let (create, finish) =
                 server.creation_sql(&birth, &name, Some(self.template.name()), None, &record);
-            script.push_str(&format!(
+            let mut round = format!(
                 "SELECT ({ready}) < {target} AS more \\gset\n\\if :more\n{create};\nBEGIN;\n{finish};\nCOMMIT;\n"
-            ));
+            );
             if let Some(markers) = &self.shared.markers {
                 // The marker, made once the clone is committed, holds its oid.
-                script.push_str(&format!(
+                round.push_str(&format!(
                     "\\o {}\nSELECT oid FROM pg_database WHERE datname = {};\n\\o\n",
                     Markers::psql_arg(&markers.ready_dir().join(&name)),
                     names::literal(&name)
                 ));
             }
-            script.push_str("\\endif\n");
-        }
-        // Then the clones tests released (see `TestDatabase::release`):
-        // a test waiting for a clone matters more than disk for a while.
-        if let Some(markers) = &self.shared.markers {
-            for (name, _) in markers.trash() {
-                script.push_str(&drop_sql(&name, server.major_version()));
-                script.push_str(";\n");
+            round.push_str("\\endif\n");
+            // The rounds that fit; the next claim starts another refill.
+            if script.len() + round.len() + tail.len() > max_len {
+                break;
             }
+            script.push_str(&round);
         }
-        script.push_str("\\endif\n");
+        script.push_str(&tail);
         script
     }
 
@@ -711,6 +729,24 @@ impl Drop for Pool {
     }
 }
 
+/// The pipe a refill's script is written to is grown to this (Linux lets
+/// anyone grow a pipe to 1 MiB by default): a refill of the most clones
+/// demand asks for takes about 150 KiB.
+const REFILL_PIPE_BYTES: usize = 1 << 20;
+
+/// Grows `pipe` towards `bytes`; returns what it holds now (64 KiB, the
+/// default, when it cannot be grown).
+fn grow_pipe(pipe: &impl std::os::fd::AsFd, bytes: usize) -> usize {
+    use nix::fcntl::{FcntlArg, fcntl};
+    let size = |arg| fcntl(pipe, arg).ok().and_then(|n| usize::try_from(n).ok());
+    let grown = i32::try_from(bytes)
+        .ok()
+        .and_then(|bytes| size(FcntlArg::F_SETPIPE_SZ(bytes)));
+    grown
+        .or_else(|| size(FcntlArg::F_GETPIPE_SZ))
+        .unwrap_or(64 << 10)
+}
+
 /// Collects a `psql` refill that may still run on a thread of its own
 /// (it carries on; once this process has exited, init collects it).
 fn reap_later(mut child: Child) {
@@ -757,11 +793,15 @@ impl Demand {
         self.last = now;
     }
 
-    /// Clones the next burst is expected to take: the most of the last
-    /// three (a `cargo test` and a `cargo nextest run` right after it are
-    /// one burst, alone each another).
+    /// Clones the pool should hold for the next burst: the most of the
+    /// last three bursts (a `cargo test` and a `cargo nextest run` right
+    /// after it are one burst, alone each another), and half of that again.
+    /// The headroom covers a burst that comes before the refill after the
+    /// last one has finished: on a server busy with other work, a clone can
+    /// take a second.
     fn want(&self) -> u64 {
-        self.claims.max(self.previous).max(self.earlier)
+        let most = self.claims.max(self.previous).max(self.earlier);
+        most + most.div_ceil(2)
     }
 }
 
@@ -892,19 +932,19 @@ mod tests {
         for i in 0..20 {
             demand.claim(1_000 + i * 50);
         }
-        assert_eq!((demand.claims, demand.want()), (20, 20));
+        assert_eq!((demand.claims, demand.want()), (20, 30));
         // The next run: its first claim expects the whole burst again.
         demand.claim(60_000);
-        assert_eq!((demand.claims, demand.previous, demand.want()), (1, 20, 20));
+        assert_eq!((demand.claims, demand.previous, demand.want()), (1, 20, 30));
         for i in 0..5 {
             demand.claim(60_100 + i);
         }
         // Smaller runs lower the demand once the big one is three runs
         // back.
         demand.claim(120_000);
-        assert_eq!(demand.want(), 20);
+        assert_eq!(demand.want(), 30);
         demand.claim(180_000);
-        assert_eq!(demand.want(), 6);
+        assert_eq!(demand.want(), 9);
         demand.per_clone = 7 << 20;
         assert_eq!(Demand::parse(&demand.to_string()), demand);
         assert_eq!(

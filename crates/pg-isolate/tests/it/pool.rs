@@ -301,20 +301,101 @@ fn demand_grows_the_pool_to_the_last_burst_of_claims() -> TestResult {
         .map(|_| pool.test_database())
         .collect::<Result<_, _>>()?;
     drop(claimed);
-    // ... and the pool holds six for the next run, not its size of two.
+    // ... and the pool holds six for the next run (and half of that again
+    // as headroom), not its size of two.
     assert_eq!(
         pool.wait_filled(Duration::from_secs(120))?,
-        6,
+        9,
         "{:?}",
         pool.last_error()
     );
     eventually("the refill to end", Duration::from_secs(60), || {
         Ok(!refill_running(&server, template.key())?)
     })?;
-    assert_eq!(pool.ready()?, 6, "never beyond the demand");
+    assert_eq!(pool.ready()?, 9, "never beyond the demand");
     drop(pool);
     server.drop_database(template.name())?;
     server.gc(&pg_isolate::GcOptions::default())?;
+    Ok(())
+}
+
+/// The birth name and the `psql` pid of a refill of `template`'s pool,
+/// caught while the server runs its `CREATE DATABASE`.
+fn refill_creating(server: &Server, template: &Template) -> TestResult<(String, i32)> {
+    let mut admin = server.admin_client()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let rows = admin.query(
+            "SELECT a.query FROM pg_stat_activity a \
+             WHERE a.application_name = 'psql' AND a.state = 'active' \
+               AND a.query LIKE 'CREATE DATABASE \"testdb\\_.new.%' AND a.query LIKE $1",
+            &[&format!("%TEMPLATE \"{}\"%", template.name())],
+        )?;
+        if let Some(row) = rows.first() {
+            let query: String = row.get(0);
+            // The birth name names the psql process: `.new.<place>.<pid hex>.`
+            let birth = query.split('"').nth(1).ok_or("a birth name")?.to_owned();
+            let pid_hex = birth.split('.').nth(3).ok_or("a pid in the birth name")?;
+            let pid = i32::from_str_radix(pid_hex, 16)?;
+            return Ok((birth, pid));
+        }
+    }
+    Err("no refill CREATE DATABASE seen".into())
+}
+
+#[test]
+fn a_claim_never_waits_for_a_refill_queued_behind_another() -> TestResult {
+    let server = shared()?;
+    let template = template(&server, &unique_key("queued"))?;
+    // A pool big enough that a refill's script (two rounds per clone)
+    // outgrows what a pipe's default 64 KiB and psql's read buffer hold.
+    let pool = template.pool(PoolOptions {
+        size: 100,
+        ..PoolOptions::default()
+    })?;
+    // The first refill stopped while it holds the pool's lock: the refill
+    // the claim below starts queues behind it, its psql waiting for the
+    // lock without reading its script.
+    let (_, pid) = refill_creating(&server, &template)?;
+    let stopped = nix::unistd::Pid::from_raw(pid);
+    nix::sys::signal::kill(stopped, nix::sys::signal::Signal::SIGSTOP)?;
+    let claimed = (|| -> TestResult {
+        let db = pool.test_database()?;
+        // Its drop joins the claim's bookkeeping, which started that
+        // refill: it must not wait for the stopped one.
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(db);
+            let _ = done.send(());
+        });
+        finished
+            .recv_timeout(Duration::from_secs(60))
+            .map_err(|_| "the claim waited for the queued refill")?;
+        Ok(())
+    })();
+    // Both refills killed (the queued one is the pool's last started):
+    // gc drops what they were creating.
+    let last = std::fs::read_to_string(
+        Server::embedded_dir(&crate::suite_options()?.embedded)?
+            .join("pools")
+            .join(template.key())
+            .join("refill"),
+    )?;
+    let queued = last.split_whitespace().next().ok_or("the last refill")?;
+    for pid in [pid, queued.parse()?] {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    claimed?;
+    eventually("the refills to end", Duration::from_secs(120), || {
+        Ok(!refill_running(&server, template.key())?)
+    })?;
+    drop(pool);
+    server.drop_database(template.name())?;
+    server.gc(&pg_isolate::GcOptions::default())?;
+    assert!(pool_clones(&server, template.key())?.is_empty());
     Ok(())
 }
 
@@ -327,25 +408,7 @@ fn a_refill_killed_while_the_server_creates_a_clone_leaves_nothing_gc_cannot_dro
         ..PoolOptions::default()
     })?;
     // The refill's psql, caught while its CREATE DATABASE runs.
-    let mut admin = server.admin_client()?;
-    let mut victim = None;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while victim.is_none() && std::time::Instant::now() < deadline {
-        let rows = admin.query(
-            "SELECT a.query FROM pg_stat_activity a \
-             WHERE a.application_name = 'psql' AND a.state = 'active' \
-               AND a.query LIKE 'CREATE DATABASE \"testdb\\_.new.%' AND a.query LIKE $1",
-            &[&format!("%TEMPLATE \"{}\"%", template.name())],
-        )?;
-        if let Some(row) = rows.first() {
-            let query: String = row.get(0);
-            // The birth name names the psql process: `.new.<place>.<pid hex>.`
-            let birth = query.split('"').nth(1).ok_or("a birth name")?.to_owned();
-            let pid_hex = birth.split('.').nth(3).ok_or("a pid in the birth name")?;
-            victim = Some((birth.clone(), i32::from_str_radix(pid_hex, 16)?));
-        }
-    }
-    let (birth, pid) = victim.ok_or("no refill CREATE DATABASE seen")?;
+    let (birth, pid) = refill_creating(&server, &template)?;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
