@@ -279,6 +279,31 @@ fn a_port_answered_outside_the_services_group_is_not_ready() -> TestResult {
     Ok(())
 }
 
+/// Runs, in worktree `id`, a command that ignores TERM and INT (it writes
+/// its pid to `pid_file`), sends the run TERM, and checks that the run ends
+/// and takes the command along (KILL after the grace period).
+fn a_stubborn_run_ends_on_term(root: &Path, id: &str, pid_file: &Path) -> TestResult {
+    let mut run = KillOnDrop(
+        isolane(root)
+            .args(["run", id, "--", "sh", "-c"])
+            .arg(format!(
+                "trap '' TERM INT; echo $$ > {}; sleep 600",
+                pid_file.display()
+            ))
+            .stdin(Stdio::null())
+            .spawn()?,
+    );
+    let stubborn = read_pid(pid_file)?;
+    kill(Pid::from_raw(i32::try_from(run.0.id())?), Signal::SIGTERM)?;
+    let status = wait_end(&mut run.0)?;
+    assert!(!status.success(), "{status}");
+    assert!(
+        !alive(stubborn),
+        "the command that ignored TERM outlived the run"
+    );
+    Ok(())
+}
+
 #[test]
 fn a_stopped_run_leaves_no_descendant_of_the_command() -> TestResult {
     let repo = repo_with_config("[database]\nenabled = false\n")?;
@@ -324,25 +349,7 @@ fn a_stopped_run_leaves_no_descendant_of_the_command() -> TestResult {
     // A command that ignores the stop signal gets KILL after the grace
     // period: the run ends, and takes it along.
     let _ = std::fs::remove_file(&a);
-    let mut run = KillOnDrop(
-        isolane(root)
-            .args(["run", "test-tree-stop", "--", "sh", "-c"])
-            .arg(format!(
-                "trap '' TERM INT; echo $$ > {}; sleep 600",
-                a.display()
-            ))
-            .stdin(Stdio::null())
-            .spawn()?,
-    );
-    wait_files(&[&a], "the stubborn command")?;
-    let stubborn = read_pid(&a)?;
-    kill(Pid::from_raw(i32::try_from(run.0.id())?), Signal::SIGTERM)?;
-    let status = wait_end(&mut run.0)?;
-    assert!(!status.success(), "{status}");
-    assert!(
-        !alive(stubborn),
-        "the command that ignored TERM outlived the run"
-    );
+    a_stubborn_run_ends_on_term(root, "test-tree-stop", &a)?;
 
     // A command that ends normally takes its leftovers with it too.
     ok(
@@ -393,25 +400,7 @@ fn a_stop_signal_while_the_command_is_being_recorded_still_ends_a_command_that_i
         root,
         &["create", "--purpose", "test-tree", "--identifier", "rec"],
     )?;
-    let pid_file = beside.join("stubborn.pid");
-    let mut run = KillOnDrop(
-        isolane(root)
-            .args(["run", "test-tree-rec", "--", "sh", "-c"])
-            .arg(format!(
-                "trap '' TERM INT; echo $$ > {}; sleep 600",
-                pid_file.display()
-            ))
-            .stdin(Stdio::null())
-            .spawn()?,
-    );
-    let stubborn = read_pid(&pid_file)?;
-    kill(Pid::from_raw(i32::try_from(run.0.id())?), Signal::SIGTERM)?;
-    let status = wait_end(&mut run.0)?;
-    assert!(!status.success(), "{status}");
-    assert!(
-        !alive(stubborn),
-        "the command that ignored TERM outlived the run"
-    );
+    a_stubborn_run_ends_on_term(root, "test-tree-rec", &beside.join("stubborn.pid"))?;
     ok(root, &["remove", "test-tree-rec"])?;
     Ok(())
 }

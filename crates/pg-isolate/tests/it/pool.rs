@@ -266,9 +266,7 @@ fn a_refill_outlives_the_process_that_claimed() -> TestResult {
     eventually("the refill to end", Duration::from_secs(60), || {
         Ok(!refill_running(&server, template.key())?)
     })?;
-    server.drop_database(template.name())?;
-    server.gc(&pg_isolate::GcOptions::default())?;
-    assert!(pool_clones(&server, template.key())?.is_empty());
+    drop_template_and_clones(&server, &template)?;
     Ok(())
 }
 
@@ -314,8 +312,15 @@ fn demand_grows_the_pool_to_the_last_burst_of_claims() -> TestResult {
     })?;
     assert_eq!(pool.ready()?, 9, "never beyond the demand");
     drop(pool);
+    drop_template_and_clones(&server, &template)?;
+    Ok(())
+}
+
+/// Drops `template`; gc then drops its pool's clones, every one.
+fn drop_template_and_clones(server: &Server, template: &Template) -> TestResult {
     server.drop_database(template.name())?;
     server.gc(&pg_isolate::GcOptions::default())?;
+    assert!(pool_clones(server, template.key())?.is_empty());
     Ok(())
 }
 
@@ -393,9 +398,7 @@ fn a_claim_never_waits_for_a_refill_queued_behind_another() -> TestResult {
         Ok(!refill_running(&server, template.key())?)
     })?;
     drop(pool);
-    server.drop_database(template.name())?;
-    server.gc(&pg_isolate::GcOptions::default())?;
-    assert!(pool_clones(&server, template.key())?.is_empty());
+    drop_template_and_clones(&server, &template)?;
     Ok(())
 }
 
@@ -425,9 +428,7 @@ fn a_refill_killed_while_the_server_creates_a_clone_leaves_nothing_gc_cannot_dro
         report.was_dropped(&birth) || !server.database_exists(&birth)?,
         "{birth} is dropped: {report:?}"
     );
-    server.drop_database(template.name())?;
-    server.gc(&pg_isolate::GcOptions::default())?;
-    assert!(pool_clones(&server, template.key())?.is_empty());
+    drop_template_and_clones(&server, &template)?;
     Ok(())
 }
 
@@ -499,7 +500,6 @@ fn a_clone_claimed_by_a_killed_process_goes_with_gc_and_a_stale_marker_is_skippe
     eventually("the refill to end", Duration::from_secs(60), || {
         Ok(!refill_running(&server, template.key())?)
     })?;
-    server.drop_database(template.name())?;
-    server.gc(&pg_isolate::GcOptions::default())?;
+    drop_template_and_clones(&server, &template)?;
     Ok(())
 }
