@@ -95,9 +95,12 @@
 //!
 //! # Tests: `#[pg_isolate::test]`
 //!
-//! ```ignore
+//! ```no_run
+//! // With the `sqlx` feature: `async fn signup(pool: sqlx::PgPool)`.
 //! #[pg_isolate::test(migrations = "migrations", fixtures("fixtures/users.sql"))]
-//! async fn signup(pool: sqlx::PgPool) -> Result<(), sqlx::Error> { Ok(()) }
+//! fn signup(mut client: postgres::Client) -> Result<(), postgres::Error> {
+//!     client.batch_execute("SELECT 1")
+//! }
 //! ```
 //!
 //! On a `fn` or `async fn` test (an async one runs on a current-thread
