@@ -15,8 +15,8 @@ use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, killpg, pthread_sigmask};
@@ -57,6 +57,11 @@ pub(crate) fn interrupted() -> bool {
 /// Signals that make isolane stop CMD and its services and clean up.
 const STOP_SIGNALS: [i32; 3] = [SIGINT, SIGTERM, SIGHUP];
 
+/// Held while a stop signal is noted and passed on, and while CMD's group
+/// is published and a signal that came before is passed on: so each signal
+/// reaches CMD exactly once, from one side or the other.
+static HANDOFF: Mutex<()> = Mutex::new(());
+
 /// Receives the stop signals: marks the run interrupted and passes the
 /// signal on to CMD's process group (published in `command_group` while it
 /// runs); if the group is still running after the grace period, it gets
@@ -69,6 +74,7 @@ pub(crate) fn spawn_signal_waiter(command_group: Arc<AtomicI32>) -> std::io::Res
             let Ok(signal) = Signal::try_from(raw) else {
                 continue;
             };
+            let _handoff = HANDOFF.lock().unwrap_or_else(PoisonError::into_inner);
             interrupt(signal);
             let group = command_group.load(Ordering::SeqCst);
             if group > 0 {
@@ -108,12 +114,15 @@ pub(crate) fn run_foreground(
 ) -> std::io::Result<ExitStatus> {
     let mut child = command.process_group(0).spawn()?;
     let group = i32::try_from(child.id()).expect("a pid fits in an i32");
-    command_group.store(group, Ordering::SeqCst);
-    // A stop signal that came while CMD was being started found no group
-    // to pass on to: pass it on now, KILL after the grace period included.
-    // (Both sides use SeqCst, so at least one of them sees the other.)
-    if let Some(signal) = interrupted_by() {
-        pass_on(command_group, group, signal);
+    {
+        let _handoff = HANDOFF.lock().unwrap_or_else(PoisonError::into_inner);
+        command_group.store(group, Ordering::SeqCst);
+        // A stop signal that came while CMD was being started found no
+        // group to pass on to: pass it on now, KILL after the grace period
+        // included.
+        if let Some(signal) = interrupted_by() {
+            pass_on(command_group, group, signal);
+        }
     }
     started("command", child.id());
     let terminal = Foreground::give(group);

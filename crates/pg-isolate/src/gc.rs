@@ -194,7 +194,9 @@ fn lock_of(hex: &str) -> Option<i64> {
 
 impl Server {
     /// Drops leaked databases: test databases whose owner process on this
-    /// host is gone, test databases and pool clones past
+    /// host is gone (a failed test's database kept for inspection only
+    /// after [`GcOptions::kept_failed_max_age`]), test databases and pool
+    /// clones past
     /// [`GcOptions::max_age`], half-built templates of dead builders,
     /// templates unused for [`GcOptions::template_max_idle`] and pool clones
     /// whose template is gone.

@@ -57,9 +57,10 @@ impl TestDatabase {
         }
     }
 
-    /// Rewrites the owner record as a test database's, changed by `change`.
-    /// A pool clone claimed through its marker (its record still the
-    /// pool's) becomes a test database, owned by the record alone.
+    /// Rewrites the owner record as a test database of this process,
+    /// changed by `change`. A pool clone claimed through its marker (its
+    /// record still the pool's, naming the refill that made it) becomes a
+    /// test database, owned by the record alone.
     fn rewrite_record(&mut self, change: impl FnOnce(&mut OwnerRecord)) -> Result<(), Error> {
         let server = self.server().clone();
         let name = self.name().to_owned();
@@ -73,7 +74,10 @@ impl TestDatabase {
             .ok_or_else(|| Error::NotOwned {
                 database: name.clone(),
             })?;
+        let me = registry::ProcessIdentity::current();
         record.kind = DatabaseKind::Test;
+        record.pid = me.pid;
+        record.start_time = me.start_time;
         change(&mut record);
         server.with_admin(|client| {
             client

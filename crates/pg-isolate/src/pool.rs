@@ -490,7 +490,9 @@ impl Pool {
             // the pool's lock (held by the refill queued before it): this
             // process must never wait for that, so the script is cut to what
             // the pipe holds, grown to hold a full refill. (A pipe's default
-            // 64 KiB held 27 rounds; a claiming test once waited 12 s.)
+            // 64 KiB, with psql's read buffer, held some 50 rounds of a
+            // benchmark's pool, which asked for 120: a claiming test waited
+            // 12 s.)
             let capacity = grow_pipe(&stdin, REFILL_PIPE_BYTES);
             let script = self.refill_script(target, creator, capacity);
             // A psql that failed to start reports it in its log (read when
@@ -730,12 +732,22 @@ impl Drop for Pool {
 }
 
 /// The pipe a refill's script is written to is grown to this (Linux lets
-/// anyone grow a pipe to 1 MiB by default): a refill of the most clones
-/// demand asks for takes about 150 KiB.
+/// anyone grow a pipe to 1 MiB by default): a round takes 1-3 KiB (with
+/// the paths of the marker files), so the 128 rounds of the most clones
+/// demand asks for fit.
 const REFILL_PIPE_BYTES: usize = 1 << 20;
 
 /// Grows `pipe` towards `bytes`; returns what it holds now (64 KiB, the
-/// default, when it cannot be grown).
+/// default, when it cannot be grown or where pipes cannot be grown).
+#[cfg(not(target_os = "linux"))]
+fn grow_pipe(_pipe: &impl std::os::fd::AsFd, _bytes: usize) -> usize {
+    64 << 10
+}
+
+/// Grows `pipe` towards `bytes`; returns what it holds now (64 KiB, the
+/// default, when it cannot be grown; less when the user's pipes are
+/// limited).
+#[cfg(target_os = "linux")]
 fn grow_pipe(pipe: &impl std::os::fd::AsFd, bytes: usize) -> usize {
     use nix::fcntl::{FcntlArg, fcntl};
     let size = |arg| fcntl(pipe, arg).ok().and_then(|n| usize::try_from(n).ok());
@@ -789,7 +801,7 @@ impl Demand {
             self.previous = self.claims;
             self.claims = 0;
         }
-        self.claims += 1;
+        self.claims = self.claims.saturating_add(1);
         self.last = now;
     }
 
@@ -801,7 +813,7 @@ impl Demand {
     /// take a second.
     fn want(&self) -> u64 {
         let most = self.claims.max(self.previous).max(self.earlier);
-        most + most.div_ceil(2)
+        most.saturating_add(most.div_ceil(2))
     }
 }
 

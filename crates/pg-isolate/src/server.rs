@@ -50,9 +50,11 @@ pub struct ServerOptions {
     pub prefix: String,
     /// How templates are cloned.
     pub clone_strategy: CloneStrategy,
-    /// Keep the database of a test that panics (and print its name) instead
-    /// of dropping it. Default: whether `PG_ISOLATE_KEEP_FAILED` is set to
-    /// something other than `0` or empty.
+    /// Keep the database of a test that fails (panics, or returns `Err`
+    /// under `#[pg_isolate::test]`) and print its name, instead of dropping
+    /// it; gc leaves it for [`crate::GcOptions::kept_failed_max_age`] (a
+    /// day). Default: whether `PG_ISOLATE_KEEP_FAILED` is set to something
+    /// other than `0` or empty.
     pub keep_failed: bool,
     /// The embedded server's settings (used when no URL is given).
     pub embedded: EmbeddedOptions,

@@ -266,7 +266,8 @@ fn a_refill_outlives_the_process_that_claimed() -> TestResult {
     eventually("the refill to end", Duration::from_secs(60), || {
         Ok(!refill_running(&server, template.key())?)
     })?;
-    drop_template_and_clones(&server, &template)?;
+    server.drop_database(template.name())?;
+    server.gc(&pg_isolate::GcOptions::default())?;
     Ok(())
 }
 
@@ -312,7 +313,8 @@ fn demand_grows_the_pool_to_the_last_burst_of_claims() -> TestResult {
     })?;
     assert_eq!(pool.ready()?, 9, "never beyond the demand");
     drop(pool);
-    drop_template_and_clones(&server, &template)?;
+    server.drop_database(template.name())?;
+    server.gc(&pg_isolate::GcOptions::default())?;
     Ok(())
 }
 
@@ -322,6 +324,20 @@ fn drop_template_and_clones(server: &Server, template: &Template) -> TestResult 
     server.gc(&pg_isolate::GcOptions::default())?;
     assert!(pool_clones(server, template.key())?.is_empty());
     Ok(())
+}
+
+/// Processes sent SIGKILL when this is dropped.
+struct KilledOnDrop(Vec<i32>);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 /// The birth name and the `psql` pid of a refill of `template`'s pool,
@@ -362,8 +378,12 @@ fn a_claim_never_waits_for_a_refill_queued_behind_another() -> TestResult {
     // the claim below starts queues behind it, its psql waiting for the
     // lock without reading its script.
     let (_, pid) = refill_creating(&server, &template)?;
-    let stopped = nix::unistd::Pid::from_raw(pid);
-    nix::sys::signal::kill(stopped, nix::sys::signal::Signal::SIGSTOP)?;
+    // Killed however the test ends (a stopped psql holds the lock for good).
+    let mut refills = KilledOnDrop(vec![pid]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )?;
     let claimed = (|| -> TestResult {
         let db = pool.test_database()?;
         // Its drop joins the claim's bookkeeping, which started that
@@ -378,7 +398,7 @@ fn a_claim_never_waits_for_a_refill_queued_behind_another() -> TestResult {
             .map_err(|_| "the claim waited for the queued refill")?;
         Ok(())
     })();
-    // Both refills killed (the queued one is the pool's last started):
+    // The queued refill is the pool's last started; both are killed, and
     // gc drops what they were creating.
     let last = std::fs::read_to_string(
         Server::embedded_dir(&crate::suite_options()?.embedded)?
@@ -386,14 +406,15 @@ fn a_claim_never_waits_for_a_refill_queued_behind_another() -> TestResult {
             .join(template.key())
             .join("refill"),
     )?;
-    let queued = last.split_whitespace().next().ok_or("the last refill")?;
-    for pid in [pid, queued.parse()?] {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    let queued: i32 = last
+        .split_whitespace()
+        .next()
+        .ok_or("the last refill")?
+        .parse()?;
+    refills.0.push(queued);
+    drop(refills);
     claimed?;
+    assert_ne!(queued, pid, "the claim started a refill of its own");
     eventually("the refills to end", Duration::from_secs(120), || {
         Ok(!refill_running(&server, template.key())?)
     })?;
