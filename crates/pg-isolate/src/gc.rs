@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::markers::Markers;
 use crate::owner::{DatabaseKind, OwnerRecord, now};
-use crate::template::{hold_lock, ready_owner, template_name};
+use crate::template::{hold_lock, lock_of, ready_owner, template_name};
 use crate::{DatabaseInfo, Error, Server, birth, names};
 
 /// Optional settings of [`Server::gc`].
@@ -183,13 +183,6 @@ impl GcReport {
     pub fn was_kept(&self, name: &str) -> bool {
         self.kept.iter().any(|e| e.name == name)
     }
-}
-
-/// The advisory lock key of the template with key `hex`.
-fn lock_of(hex: &str) -> Option<i64> {
-    u64::from_str_radix(hex, 16)
-        .ok()
-        .map(|k| i64::from_be_bytes(k.to_be_bytes()))
 }
 
 impl Server {

@@ -98,17 +98,22 @@ impl Markers {
             if fs::rename(&ready, &taken).is_err() {
                 continue;
             }
-            let oid = fs::read_to_string(&taken).unwrap_or_default();
-            let oid = oid.trim();
-            // An empty marker is one being written: its clone was
-            // committed before the file was made.
-            if oid.is_empty() || self.base.join(oid).is_dir() {
+            if !self.clone_gone(&taken) {
                 return Some((name, taken));
             }
-            tracing::debug!(clone = %name, oid, "skipping the marker of a clone that is gone");
+            tracing::debug!(clone = %name, "skipping the marker of a clone that is gone");
             let _ = fs::remove_file(&taken);
         }
         None
+    }
+
+    /// Whether the clone of `marker` is gone: the database directory of the
+    /// oid the marker holds does not exist. (An empty marker is one being
+    /// written: its clone was committed before the file was made.)
+    fn clone_gone(&self, marker: &Path) -> bool {
+        let oid = fs::read_to_string(marker).unwrap_or_default();
+        let oid = oid.trim();
+        !oid.is_empty() && !self.base.join(oid).is_dir()
     }
 
     /// Whether the last refill started for this pool is still waiting for
@@ -123,10 +128,7 @@ impl Markers {
             .ok()
             .and_then(|text| {
                 let (pid, start) = text.trim().split_once(' ')?;
-                Some(ProcessIdentity {
-                    pid: pid.parse().ok()?,
-                    start_time: start.parse().ok()?,
-                })
+                identity(pid, start)
             })
         else {
             return false;
@@ -163,13 +165,7 @@ impl Markers {
             let entry = entry.ok()?;
             let file = entry.file_name().into_string().ok()?;
             let (pid, start) = file.strip_prefix(&prefix)?.split_once('.')?;
-            Some((
-                ProcessIdentity {
-                    pid: pid.parse().ok()?,
-                    start_time: start.parse().ok()?,
-                },
-                entry.path(),
-            ))
+            Some((identity(pid, start)?, entry.path()))
         })
     }
 
@@ -214,9 +210,7 @@ impl Markers {
                 let file = entry.file_name().into_string().ok()?;
                 // `<clone>.<pid>.<start>`: clone names hold no `.`.
                 let name = file.split('.').next()?.to_owned();
-                let oid = fs::read_to_string(entry.path()).unwrap_or_default();
-                let oid = oid.trim();
-                if !oid.is_empty() && !self.base.join(oid).is_dir() {
+                if self.clone_gone(&entry.path()) {
                     let _ = fs::remove_file(entry.path());
                     return None;
                 }
@@ -250,4 +244,12 @@ impl Markers {
     pub(crate) fn psql_arg(path: &Path) -> String {
         format!("'{}'", path.display())
     }
+}
+
+/// The process of a marker or record: its pid and start time, in decimal.
+fn identity(pid: &str, start: &str) -> Option<ProcessIdentity> {
+    Some(ProcessIdentity {
+        pid: pid.parse().ok()?,
+        start_time: start.parse().ok()?,
+    })
 }

@@ -61,6 +61,14 @@ impl Key {
     }
 }
 
+/// The build lock ([`Key::lock`]) of the template with key `hex`
+/// ([`Key::hex`]).
+pub(crate) fn lock_of(hex: &str) -> Option<i64> {
+    u64::from_str_radix(hex, 16)
+        .ok()
+        .map(|k| i64::from_be_bytes(k.to_be_bytes()))
+}
+
 /// The advisory lock a process holds (shared) on a template for as long as
 /// its [`Server`] handle lives, so gc never drops a template a running
 /// process may still clone; derived from the build lock `lock`.
@@ -197,13 +205,11 @@ impl Server {
         if crate::rt::in_runtime() {
             return crate::rt::off_runtime(|| self.template_by_key(key));
         }
-        let Ok(lock) = u64::from_str_radix(key, 16) else {
+        let Some(lock) = lock_of(key) else {
             return Ok(None);
         };
         let template = Template::known(self, key);
-        Ok(self
-            .held_ready(template.name(), lock as i64)?
-            .then_some(template))
+        Ok(self.held_ready(template.name(), lock)?.then_some(template))
     }
 
     fn build_locked<F>(
