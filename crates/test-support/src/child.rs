@@ -22,7 +22,7 @@
 //! ```
 
 use std::io;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 
 /// The variable that carries the child's arguments (unit-separated).
 pub const ARGS_ENV: &str = "ISOLANE_TEST_CHILD_ARGS";
@@ -89,9 +89,57 @@ pub struct KillOnDrop(pub Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
+        kill_and_reap(&mut self.0);
+    }
+}
+
+/// Kills `child` (SIGKILL) unless it has ended, and reaps it.
+fn kill_and_reap(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
+/// A [`spawn`]ed child that is killed and reaped if the guard is dropped
+/// before it is waited for, like [`KillOnDrop`], and can still be waited
+/// for with its output: a test that returns early leaves no child behind
+/// (one that would, say, start again a server the test has stopped).
+#[derive(Debug)]
+pub struct Guarded(Option<Child>);
+
+impl Guarded {
+    /// [`spawn`] under a guard.
+    pub fn spawn(test_path: &str, args: &[String]) -> io::Result<Self> {
+        spawn(test_path, args).map(|child| Self(Some(child)))
+    }
+
+    /// The child's pid.
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    /// Waits for the child to end (after it was killed, say).
+    pub fn wait(mut self) -> io::Result<ExitStatus> {
+        match self.0.take() {
+            Some(mut child) => child.wait(),
+            None => Err(io::Error::other("the child was already waited for")),
         }
-        let _ = self.0.wait();
+    }
+
+    /// [`wait_success`] of the child.
+    pub fn wait_success(mut self) -> io::Result<String> {
+        match self.0.take() {
+            Some(child) => wait_success(child),
+            None => Err(io::Error::other("the child was already waited for")),
+        }
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            kill_and_reap(child);
+        }
     }
 }

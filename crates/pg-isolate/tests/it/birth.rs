@@ -165,7 +165,7 @@ fn a_client_killed_during_create_database_leaves_nothing_after_gc() -> TestResul
     let before = names(&server)?;
     for kind in ["named", "test", "named"] {
         let blocker = CloneBlocker::hold(&server, template.name())?;
-        let mut creator = child::spawn(
+        let creator = child::Guarded::spawn(
             "birth::a_client_killed_during_create_database_leaves_nothing_after_gc",
             &[
                 cluster.path().display().to_string(),
@@ -220,7 +220,7 @@ fn a_server_killed_during_create_database_fails_nothing_for_good() -> TestResult
     let (cluster, server) = cluster_with_foreign()?;
     let template = template(&server, &unique_key("birth_server"))?;
     let blocker = CloneBlocker::hold(&server, template.name())?;
-    let creator = child::spawn(
+    let creator = child::Guarded::spawn(
         "birth::a_server_killed_during_create_database_fails_nothing_for_good",
         &[
             cluster.path().display().to_string(),
@@ -232,7 +232,7 @@ fn a_server_killed_during_create_database_fails_nothing_for_good() -> TestResult
     kill9(pid)?;
     drop(blocker);
     // The client's create is retried on the restarted server and succeeds.
-    let stdout = child::wait_success(creator)?;
+    let stdout = creator.wait_success()?;
     let created = values(&stdout, "CREATED");
     assert_eq!(created, ["testdb_during_server_kill"], "{stdout}");
     let server = cluster.connect()?;
@@ -266,7 +266,7 @@ fn server_kills_at_random_moments_leave_no_unowned_database() -> TestResult {
     let key = String::from_utf8(unique_key("birth_random"))?;
     template(&server, key.as_bytes())?;
     let before = names(&server)?;
-    let creator = child::spawn(
+    let creator = child::Guarded::spawn(
         "birth::server_kills_at_random_moments_leave_no_unowned_database",
         &[cluster.path().display().to_string(), key],
     )?;
@@ -279,7 +279,7 @@ fn server_kills_at_random_moments_leave_no_unowned_database() -> TestResult {
         kill9(pid)?;
         kills += 1;
     }
-    let stdout = child::wait_success(creator)?;
+    let stdout = creator.wait_success()?;
     assert_eq!(kills, 4);
     let server = cluster.connect()?;
     let created = values(&stdout, "CREATED");
@@ -445,7 +445,7 @@ fn clients_killed_at_random_moments_leave_nothing_after_gc() -> TestResult {
     let kills = 8;
     for i in 0..kills {
         let marker = scratch.path().join(format!("creating-{i}"));
-        let mut creator = child::spawn(
+        let creator = child::Guarded::spawn(
             "birth::clients_killed_at_random_moments_leave_nothing_after_gc",
             &[
                 cluster.path().display().to_string(),
